@@ -1,0 +1,27 @@
+//! The resolved run configuration: plain values, no knowledge of how they were parsed.
+
+use std::path::PathBuf;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub src: PathBuf,
+    pub dst: PathBuf,
+    /// Number of concurrent copy workers.
+    pub jobs: usize,
+    pub verbose: bool,
+    pub quiet: bool,
+    pub progress: ProgressMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressMode {
+    /// A bar when stderr is a terminal, nothing otherwise.
+    Auto,
+    /// A bar on a terminal, periodic plain lines otherwise.
+    On,
+    Off,
+}
+
+/// Copying over NFS is bound by round-trip latency, not by CPU: measured on the latency
+/// filesystem and on the local disk (docs/design.md), 16 workers keep both busy.
+pub const DEFAULT_JOBS: usize = 16;

@@ -1,0 +1,431 @@
+//! The copy pool: directories are listed and files copied as rayon tasks on `-j` workers, so
+//! enumeration runs in parallel with copying and with itself; per-entry outcomes are reported
+//! and counted; directory metadata is applied in a final pass, deepest first.
+
+use crate::commit::{CommitError, TempEntry, remove_stale};
+use crate::copy::{self, DeviceCache};
+use crate::error::{Context, EntryError, EntryResult};
+use crate::meta::{Identity, MetaError};
+use crate::report::Reporter;
+use crate::sys::{self, Kind, Stat};
+use crate::walk::Plan;
+use rayon::prelude::*;
+use std::ffi::{CStr, OsStr};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// A directory being copied: open handles on both sides, shared by the tasks of its entries
+/// and closed when the last of them finishes.
+struct DirPair {
+    src: OwnedFd,
+    src_path: PathBuf,
+    dst: OwnedFd,
+    dst_path: PathBuf,
+    dst_dev: u64,
+    depth: usize,
+}
+
+impl DirPair {
+    fn src_path(&self, name: &CStr) -> PathBuf {
+        self.src_path.join(OsStr::from_bytes(name.to_bytes()))
+    }
+
+    fn dst_path(&self, name: &CStr) -> PathBuf {
+        self.dst_path.join(OsStr::from_bytes(name.to_bytes()))
+    }
+}
+
+/// A destination directory whose mode, owner and times wait until its contents are in place
+/// (so a 0500 directory can still be filled, and its mtime is not bumped by our renames).
+struct DirFixup {
+    path: PathBuf,
+    stat: Stat,
+    depth: usize,
+}
+
+pub struct Engine<'r> {
+    rep: &'r Reporter,
+    cache: DeviceCache,
+    who: Identity,
+    fixups: Mutex<Vec<DirFixup>>,
+}
+
+impl<'r> Engine<'r> {
+    pub fn new(rep: &'r Reporter) -> Self {
+        Engine {
+            rep,
+            cache: DeviceCache::default(),
+            who: Identity::current(),
+            fixups: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs the plan on `pool`. Entry failures are reported and counted; only a failure to
+    /// start at all (the roots) is returned as an error.
+    pub fn run(&self, plan: &Plan, pool: &rayon::ThreadPool) -> anyhow::Result<()> {
+        match plan {
+            Plan::Tree {
+                src,
+                dst,
+                dst_exists,
+            } => self.run_tree(src, dst, *dst_exists, pool),
+            Plan::File {
+                src,
+                dst_dir,
+                dst_name,
+            } => self.run_file(src, dst_dir, dst_name, pool),
+        }
+    }
+
+    fn run_tree(
+        &self,
+        src: &Path,
+        dst: &Path,
+        dst_exists: bool,
+        pool: &rayon::ThreadPool,
+    ) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        let src_fd = sys::open_source_dir_path(src)
+            .with_context(|| format!("open source directory {}", src.display()))?;
+        let src_stat =
+            sys::fstat(src_fd.as_fd()).with_context(|| format!("stat {}", src.display()))?;
+        if !dst_exists {
+            if let Some(parent) = dst.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("create directory {}", parent.display()))?;
+            }
+            match std::fs::create_dir(dst) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                    return Err(e).with_context(|| format!("create directory {}", dst.display()));
+                }
+                _ => {}
+            }
+        }
+        let dst_fd = sys::open_dir_path(dst)
+            .with_context(|| format!("open destination directory {}", dst.display()))?;
+        let dst_stat =
+            sys::fstat(dst_fd.as_fd()).with_context(|| format!("stat {}", dst.display()))?;
+        self.make_writable(&dst_fd, &dst_stat)
+            .with_context(|| format!("chmod {}", dst.display()))?;
+        self.push_fixup(dst.to_path_buf(), src_stat, 0);
+        self.rep.done_dir();
+        let root = Arc::new(DirPair {
+            src: src_fd,
+            src_path: src.to_path_buf(),
+            dst: dst_fd,
+            dst_path: dst.to_path_buf(),
+            dst_dev: dst_stat.dev,
+            depth: 0,
+        });
+        pool.scope(|scope| self.copy_dir(scope, root, true));
+        if crate::signal::received().is_none() {
+            self.apply_dir_metadata(pool);
+        }
+        Ok(())
+    }
+
+    fn run_file(
+        &self,
+        src: &Path,
+        dst_dir: &Path,
+        dst_name: &OsStr,
+        pool: &rayon::ThreadPool,
+    ) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        let (Some(src_dir), Some(src_name)) = (src.parent(), src.file_name()) else {
+            anyhow::bail!("source {} names no file", src.display());
+        };
+        let src_fd = sys::open_source_dir_path(src_dir)
+            .with_context(|| format!("open directory {}", src_dir.display()))?;
+        let dst_fd = sys::open_dir_path(dst_dir)
+            .with_context(|| format!("open destination directory {}", dst_dir.display()))?;
+        let dst_dev = sys::fstat(dst_fd.as_fd())
+            .with_context(|| format!("stat {}", dst_dir.display()))?
+            .dev;
+        let pair = DirPair {
+            src: src_fd,
+            src_path: src_dir.to_path_buf(),
+            dst: dst_fd,
+            dst_path: dst_dir.to_path_buf(),
+            dst_dev,
+            depth: 0,
+        };
+        let src_name = sys::cstring(src_name)?;
+        let dst_name = sys::cstring(dst_name)?;
+        self.rep.found_entries(1);
+        pool.install(|| self.copy_file_as(&pair, &src_name, &dst_name));
+        Ok(())
+    }
+
+    /// As non-root, an existing destination directory without owner write and search
+    /// permission (a 0500 left by an earlier run) is opened up until the final pass.
+    fn make_writable(&self, dir: &OwnedFd, st: &Stat) -> io::Result<()> {
+        if self.who.root || st.perm() & 0o300 == 0o300 {
+            return Ok(());
+        }
+        sys::fchmod(dir.as_fd(), st.perm() | 0o700)
+    }
+
+    fn push_fixup(&self, path: PathBuf, stat: Stat, depth: usize) {
+        self.fixups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(DirFixup { path, stat, depth });
+    }
+
+    fn report(&self, result: EntryResult<()>) {
+        if let Err(err) = result
+            && !err.is_interruption()
+        {
+            self.rep.failed(&err);
+        }
+    }
+
+    /// Lists one source directory and spawns a task per entry. Subdirectories are spawned
+    /// first: the worker takes its newest tasks (this directory's files) itself, while idle
+    /// workers steal the oldest (the subdirectories) and list them in parallel.
+    fn copy_dir<'s>(&'s self, scope: &rayon::Scope<'s>, dir: Arc<DirPair>, dst_existed: bool) {
+        if crate::signal::received().is_some() {
+            return;
+        }
+        let listing = match sys::list_dir(dir.src.as_fd()) {
+            Ok(listing) => listing,
+            Err(e) => {
+                return self.report(Err(EntryError::new("read directory", &dir.src_path, e)));
+            }
+        };
+        if dst_existed {
+            self.remove_leftovers(&dir);
+        }
+        let mut others = Vec::with_capacity(listing.len());
+        for (name, kind) in listing {
+            let kind = match kind {
+                Some(kind) => kind,
+                None => match sys::lstat_at(dir.src.as_fd(), name.as_c_str()) {
+                    Ok(st) => st.kind(),
+                    Err(e) => {
+                        self.report(Err(EntryError::new("stat", &dir.src_path(&name), e)));
+                        continue;
+                    }
+                },
+            };
+            if kind == Kind::Dir {
+                let dir = Arc::clone(&dir);
+                scope.spawn(move |scope| self.enter_dir(scope, &dir, &name));
+            } else {
+                others.push((name, kind));
+            }
+        }
+        self.rep.found_entries(others.len() as u64);
+        for (name, kind) in others {
+            let dir = Arc::clone(&dir);
+            scope.spawn(move |_| {
+                if crate::signal::received().is_some() {
+                    return;
+                }
+                match kind {
+                    Kind::File => self.copy_file_as(&dir, &name, &name),
+                    Kind::Symlink => self.report(self.copy_symlink(&dir, &name)),
+                    Kind::Special => self.report(self.copy_special(&dir, &name)),
+                    Kind::Dir => unreachable!("directories are spawned above"),
+                }
+            });
+        }
+    }
+
+    /// Removes temp files a killed run left in a destination directory we did not create.
+    fn remove_leftovers(&self, dir: &DirPair) {
+        match sys::list_dir(dir.dst.as_fd()) {
+            Ok(listing) => {
+                for name in remove_stale(dir.dst.as_fd(), &listing) {
+                    self.rep
+                        .verbose(|| format!("removed leftover {}", dir.dst_path(&name).display()));
+                }
+            }
+            Err(e) => self.rep.warn(&format!(
+                "read directory {}: {e}; leftover temp files there are not cleaned",
+                dir.dst_path.display()
+            )),
+        }
+    }
+
+    /// Creates (or reuses) the destination directory for `name` and copies its contents.
+    fn enter_dir<'s>(&'s self, scope: &rayon::Scope<'s>, parent: &DirPair, name: &CStr) {
+        if crate::signal::received().is_some() {
+            return;
+        }
+        match self.open_dir_pair(parent, name) {
+            Ok((pair, existed, src_stat)) => {
+                self.rep.done_dir();
+                self.push_fixup(pair.dst_path.clone(), src_stat, pair.depth);
+                self.copy_dir(scope, Arc::new(pair), existed);
+            }
+            Err(err) => self.report(Err(err)),
+        }
+    }
+
+    /// Opens the source directory `name` and creates or opens its destination. Returns the
+    /// pair, whether the destination existed, and the source directory's metadata.
+    fn open_dir_pair(&self, parent: &DirPair, name: &CStr) -> EntryResult<(DirPair, bool, Stat)> {
+        let src_path = parent.src_path(name);
+        let dst_path = parent.dst_path(name);
+        let src =
+            sys::open_source_dir(parent.src.as_fd(), name).ctx("open directory", &src_path)?;
+        let src_stat = sys::fstat(src.as_fd()).ctx("stat", &src_path)?;
+        let existed = match sys::mkdir_at(parent.dst.as_fd(), name, 0o700) {
+            Ok(()) => false,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => true,
+            Err(e) => return Err(EntryError::new("create directory", &dst_path, e)),
+        };
+        let dst = sys::open_dir(parent.dst.as_fd(), name).ctx("open directory", &dst_path)?;
+        let dst_dev = if existed {
+            // An existing directory may be a mount point of another filesystem.
+            let st = sys::fstat(dst.as_fd()).ctx("stat", &dst_path)?;
+            self.make_writable(&dst, &st).ctx("chmod", &dst_path)?;
+            st.dev
+        } else {
+            parent.dst_dev
+        };
+        let pair = DirPair {
+            src,
+            src_path,
+            dst,
+            dst_path,
+            dst_dev,
+            depth: parent.depth + 1,
+        };
+        Ok((pair, existed, src_stat))
+    }
+
+    /// Copies the regular file `src_name` of `dir` to `dst_name` in its destination directory,
+    /// and reports the outcome.
+    fn copy_file_as(&self, dir: &DirPair, src_name: &CStr, dst_name: &CStr) {
+        let src_path = dir.src_path(src_name);
+        let dst_path = dir.dst_path(dst_name);
+        match self.copy_file(dir, src_name, dst_name, &src_path, &dst_path) {
+            Ok(()) => self.rep.done_file(),
+            Err(err) => self.report(Err(err)),
+        }
+    }
+
+    fn copy_file(
+        &self,
+        dir: &DirPair,
+        src_name: &CStr,
+        dst_name: &CStr,
+        src_path: &Path,
+        dst_path: &Path,
+    ) -> EntryResult<()> {
+        let src = sys::open_source(dir.src.as_fd(), src_name).ctx("open", src_path)?;
+        let st = sys::fstat(src.as_fd()).ctx("stat", src_path)?;
+        if st.kind() != Kind::File {
+            // Replaced by something else since the listing: never read a FIFO or device.
+            return Err(EntryError::new(
+                "open",
+                src_path,
+                io::Error::other("changed type during the copy; not a regular file"),
+            ));
+        }
+        self.rep.found_bytes(st.size);
+        let temp = TempEntry::file(dir.dst.as_fd()).ctx("create temp file for", dst_path)?;
+        let temp_fd = temp.fd().expect("a temp file is open");
+        self.rep
+            .verbose(|| format!("created {}", dir.dst_path(temp.name()).display()));
+        let job = copy::Job {
+            src: src.as_fd(),
+            dst: temp_fd,
+            size: st.size,
+            src_dev: st.dev,
+            dst_dev: dir.dst_dev,
+            src_path,
+            dst_path,
+        };
+        let (bytes, method) = copy::copy(&self.cache, &job, self.rep)?;
+        self.rep.verbose(|| {
+            format!(
+                "copied {} -> {}: {bytes} bytes by {}",
+                src_path.display(),
+                dst_path.display(),
+                method.name()
+            )
+        });
+        self.who
+            .apply_fd(temp_fd, &st)
+            .map_err(|e| meta_error(e, dst_path))?;
+        self.commit(temp, dst_name, dir, dst_path)
+    }
+
+    fn commit(
+        &self,
+        temp: TempEntry<'_>,
+        name: &CStr,
+        dir: &DirPair,
+        dst_path: &Path,
+    ) -> EntryResult<()> {
+        let temp_path = self.rep.is_verbose().then(|| dir.dst_path(temp.name()));
+        temp.commit(name)
+            .map_err(|CommitError { op, source }| EntryError::new(op, dst_path, source))?;
+        if let Some(temp_path) = temp_path {
+            self.rep
+                .verbose(|| format!("renamed {} -> {}", temp_path.display(), dst_path.display()));
+        }
+        Ok(())
+    }
+
+    fn copy_symlink(&self, dir: &DirPair, name: &CStr) -> EntryResult<()> {
+        let src_path = dir.src_path(name);
+        let dst_path = dir.dst_path(name);
+        let st = sys::lstat_at(dir.src.as_fd(), name).ctx("stat", &src_path)?;
+        let target = sys::readlink_at(dir.src.as_fd(), name).ctx("read link", &src_path)?;
+        let temp = TempEntry::symlink(dir.dst.as_fd(), &target).ctx("create symlink", &dst_path)?;
+        self.who
+            .apply_symlink(temp.dir(), temp.name(), &st)
+            .map_err(|e| meta_error(e, &dst_path))?;
+        self.commit(temp, name, dir, &dst_path)?;
+        self.rep.done_symlink();
+        Ok(())
+    }
+
+    /// FIFOs, sockets and device nodes are recreated, never opened: a FIFO would block.
+    fn copy_special(&self, dir: &DirPair, name: &CStr) -> EntryResult<()> {
+        let src_path = dir.src_path(name);
+        let dst_path = dir.dst_path(name);
+        let st = sys::lstat_at(dir.src.as_fd(), name).ctx("stat", &src_path)?;
+        let temp = TempEntry::node(dir.dst.as_fd(), st.mode, st.rdev).ctx("mknod", &dst_path)?;
+        self.who
+            .apply_node(temp.dir(), temp.name(), &st)
+            .map_err(|e| meta_error(e, &dst_path))?;
+        self.commit(temp, name, dir, &dst_path)?;
+        self.rep.done_special();
+        Ok(())
+    }
+
+    /// Applies directory owner, mode and times, deepest directories first so that setting a
+    /// parent's mtime comes after every change inside it; each depth level in parallel.
+    fn apply_dir_metadata(&self, pool: &rayon::ThreadPool) {
+        let mut fixups =
+            std::mem::take(&mut *self.fixups.lock().unwrap_or_else(|e| e.into_inner()));
+        fixups.sort_unstable_by_key(|f| std::cmp::Reverse(f.depth));
+        pool.install(|| {
+            for level in fixups.chunk_by(|a, b| a.depth == b.depth) {
+                level.par_iter().for_each(|fixup| {
+                    let result = sys::open_dir_path(&fixup.path)
+                        .ctx("open directory", &fixup.path)
+                        .and_then(|fd| {
+                            self.who
+                                .apply_fd(fd.as_fd(), &fixup.stat)
+                                .map_err(|e| meta_error(e, &fixup.path))
+                        });
+                    self.report(result);
+                });
+            }
+        });
+    }
+}
+
+fn meta_error(e: MetaError, path: &Path) -> EntryError {
+    EntryError::new(e.op, path, e.source)
+}

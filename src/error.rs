@@ -1,0 +1,82 @@
+//! A failed entry: the operation, the path it concerned and the OS error, so the driver can
+//! report it once, count it, and go on with the rest of the tree.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// What went wrong with one entry of the tree. Displayed as `open /src/a/b: Permission denied
+/// (os error 13)`: operation, path, then the OS error exactly as the OS names it.
+#[derive(Debug)]
+pub struct EntryError {
+    pub op: &'static str,
+    pub path: PathBuf,
+    /// The destination, for operations that involve both sides (a data copy).
+    pub to: Option<PathBuf>,
+    pub source: io::Error,
+}
+
+/// The operation name used when work stops because a signal asked us to; such an entry is not
+/// a failure, it is unfinished.
+pub const INTERRUPTED: &str = "interrupted";
+
+impl EntryError {
+    pub fn new(op: &'static str, path: &Path, source: impl Into<io::Error>) -> Self {
+        EntryError {
+            op,
+            path: path.to_path_buf(),
+            to: None,
+            source: source.into(),
+        }
+    }
+
+    /// An error of an operation that reads `from` and writes `to`, where the OS does not say
+    /// which side failed.
+    pub fn between(op: &'static str, from: &Path, to: &Path, source: impl Into<io::Error>) -> Self {
+        EntryError {
+            to: Some(to.to_path_buf()),
+            ..Self::new(op, from, source)
+        }
+    }
+
+    pub fn interrupted(path: &Path) -> Self {
+        Self::new(
+            INTERRUPTED,
+            path,
+            io::Error::from(io::ErrorKind::Interrupted),
+        )
+    }
+
+    pub fn is_interruption(&self) -> bool {
+        self.op == INTERRUPTED
+    }
+}
+
+impl fmt::Display for EntryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.op, self.path.display())?;
+        if let Some(to) = &self.to {
+            write!(f, " -> {}", to.display())?;
+        }
+        write!(f, ": {}", self.source)
+    }
+}
+
+impl std::error::Error for EntryError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+pub type EntryResult<T> = Result<T, EntryError>;
+
+/// Attaches an operation and a path to an OS error.
+pub trait Context<T> {
+    fn ctx(self, op: &'static str, path: &Path) -> EntryResult<T>;
+}
+
+impl<T, E: Into<io::Error>> Context<T> for Result<T, E> {
+    fn ctx(self, op: &'static str, path: &Path) -> EntryResult<T> {
+        self.map_err(|e| EntryError::new(op, path, e))
+    }
+}

@@ -1,0 +1,361 @@
+//! Every Linux system call treecopy makes, behind small functions that take directory handles
+//! and names and return `io::Result`. Nothing else in the crate calls libc or nix for I/O.
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{Mode, SFlag, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use std::ffi::{CStr, CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{BorrowedFd, IntoRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
+
+/// The metadata of one entry, as lstat/fstat report it, reduced to what a copy needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    pub dev: u64,
+    pub ino: u64,
+    pub mode: u32,
+    pub nlink: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u64,
+    pub size: u64,
+    pub atime: (i64, i64),
+    pub mtime: (i64, i64),
+}
+
+impl Stat {
+    fn from_raw(st: &libc::stat) -> Self {
+        Stat {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            mode: st.st_mode,
+            nlink: st.st_nlink,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            rdev: st.st_rdev,
+            size: st.st_size as u64,
+            atime: (st.st_atime, st.st_atime_nsec),
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        Kind::from_mode(self.mode)
+    }
+
+    /// Permission bits including setuid, setgid and sticky.
+    pub fn perm(&self) -> u32 {
+        self.mode & 0o7777
+    }
+}
+
+/// The type of a directory entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+    Symlink,
+    /// FIFO, socket, character or block device: recreated, never opened.
+    Special,
+}
+
+impl Kind {
+    pub fn from_mode(mode: u32) -> Kind {
+        match mode & libc::S_IFMT {
+            libc::S_IFDIR => Kind::Dir,
+            libc::S_IFREG => Kind::File,
+            libc::S_IFLNK => Kind::Symlink,
+            _ => Kind::Special,
+        }
+    }
+}
+
+/// Formats a device number as `major:minor`, as /proc/self/mountinfo does.
+pub fn dev_name(dev: u64) -> String {
+    format!("{}:{}", libc::major(dev), libc::minor(dev))
+}
+
+pub fn cstring(name: &OsStr) -> io::Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+pub fn os_string(name: &CStr) -> OsString {
+    OsString::from_vec(name.to_bytes().to_vec())
+}
+
+fn at_cwd() -> BorrowedFd<'static> {
+    // SAFETY: AT_FDCWD is a sentinel the *at calls accept in place of a directory handle.
+    unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) }
+}
+
+/// Opens a directory by path (the roots of the copy), never following a final symlink.
+pub fn open_dir_path(path: &Path) -> io::Result<OwnedFd> {
+    open_dir(at_cwd(), path.as_os_str())
+}
+
+/// Opens the directory `name` inside `dir` for listing and as a handle for *at calls.
+pub fn open_dir<P: nix::NixPath + ?Sized>(dir: BorrowedFd<'_>, name: &P) -> io::Result<OwnedFd> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    Ok(nix::fcntl::openat(dir, name, flags, Mode::empty())?)
+}
+
+/// Opens a source file for reading. O_NONBLOCK keeps a FIFO that replaced a regular file since
+/// the listing from blocking the worker.
+pub fn open_source<P: nix::NixPath + ?Sized>(dir: BorrowedFd<'_>, name: &P) -> io::Result<OwnedFd> {
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    open_noatime(dir, name, flags)
+}
+
+/// Opens a source directory for listing and as a handle for *at calls.
+pub fn open_source_dir<P: nix::NixPath + ?Sized>(
+    dir: BorrowedFd<'_>,
+    name: &P,
+) -> io::Result<OwnedFd> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    open_noatime(dir, name, flags)
+}
+
+/// Opens with O_NOATIME so that copying leaves the source's access times alone, where the
+/// kernel allows it (owner or CAP_FOWNER), and without it where it does not.
+fn open_noatime<P: nix::NixPath + ?Sized>(
+    dir: BorrowedFd<'_>,
+    name: &P,
+    flags: OFlag,
+) -> io::Result<OwnedFd> {
+    match nix::fcntl::openat(dir, name, flags | OFlag::O_NOATIME, Mode::empty()) {
+        Err(Errno::EPERM) => Ok(nix::fcntl::openat(dir, name, flags, Mode::empty())?),
+        other => Ok(other?),
+    }
+}
+
+/// Opens a top-level source directory by path (its symlinks already resolved by the caller).
+pub fn open_source_dir_path(path: &Path) -> io::Result<OwnedFd> {
+    open_source_dir(at_cwd(), path.as_os_str())
+}
+
+/// Creates a new file that must not exist yet, for writing, owner-only until committed.
+pub fn create_exclusive(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
+    let flags =
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    Ok(nix::fcntl::openat(
+        dir,
+        name,
+        flags,
+        Mode::from_bits_truncate(0o600),
+    )?)
+}
+
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<Stat> {
+    Ok(Stat::from_raw(&nix::sys::stat::fstat(fd)?))
+}
+
+/// lstat relative to a directory handle.
+pub fn lstat_at<P: nix::NixPath + ?Sized>(dir: BorrowedFd<'_>, name: &P) -> io::Result<Stat> {
+    let st = nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+    Ok(Stat::from_raw(&st))
+}
+
+pub fn lstat_path(path: &Path) -> io::Result<Stat> {
+    lstat_at(at_cwd(), path.as_os_str())
+}
+
+pub fn mkdir_at(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
+    Ok(nix::sys::stat::mkdirat(
+        dir,
+        name,
+        Mode::from_bits_truncate(mode),
+    )?)
+}
+
+pub fn rename_at(dir: BorrowedFd<'_>, from: &CStr, to: &CStr) -> io::Result<()> {
+    Ok(nix::fcntl::renameat(dir, from, dir, to)?)
+}
+
+pub fn unlink_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    Ok(nix::unistd::unlinkat(
+        dir,
+        name,
+        nix::unistd::UnlinkatFlags::NoRemoveDir,
+    )?)
+}
+
+pub fn symlink_at(target: &OsStr, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    Ok(nix::unistd::symlinkat(target, dir, name)?)
+}
+
+pub fn readlink_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OsString> {
+    Ok(nix::fcntl::readlinkat(dir, name)?)
+}
+
+pub fn mknod_at(dir: BorrowedFd<'_>, name: &CStr, mode: u32, rdev: u64) -> io::Result<()> {
+    let kind = SFlag::from_bits_truncate(mode & libc::S_IFMT);
+    let perm = Mode::from_bits_truncate(0o600);
+    Ok(nix::sys::stat::mknodat(dir, name, kind, perm, rdev)?)
+}
+
+fn ids(uid: Option<u32>, gid: Option<u32>) -> (Option<nix::unistd::Uid>, Option<nix::unistd::Gid>) {
+    (
+        uid.map(nix::unistd::Uid::from_raw),
+        gid.map(nix::unistd::Gid::from_raw),
+    )
+}
+
+pub fn fchown(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+    let (u, g) = ids(uid, gid);
+    Ok(nix::unistd::fchown(fd, u, g)?)
+}
+
+/// chown of a name relative to a directory, never following a symlink.
+pub fn lchown_at(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> io::Result<()> {
+    let (u, g) = ids(uid, gid);
+    Ok(nix::unistd::fchownat(
+        dir,
+        name,
+        u,
+        g,
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )?)
+}
+
+pub fn fchmod(fd: BorrowedFd<'_>, perm: u32) -> io::Result<()> {
+    Ok(nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(perm))?)
+}
+
+fn timespec((sec, nsec): (i64, i64)) -> TimeSpec {
+    TimeSpec::new(sec, nsec)
+}
+
+pub fn futimens(fd: BorrowedFd<'_>, atime: (i64, i64), mtime: (i64, i64)) -> io::Result<()> {
+    Ok(nix::sys::stat::futimens(
+        fd,
+        &timespec(atime),
+        &timespec(mtime),
+    )?)
+}
+
+/// Sets the times of a name relative to a directory, never following a symlink.
+pub fn lutimens_at(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    atime: (i64, i64),
+    mtime: (i64, i64),
+) -> io::Result<()> {
+    Ok(nix::sys::stat::utimensat(
+        dir,
+        name,
+        &timespec(atime),
+        &timespec(mtime),
+        UtimensatFlags::NoFollowSymlink,
+    )?)
+}
+
+/// Closes a file descriptor and reports the error, which dropping an OwnedFd would swallow: on
+/// NFS a failed write may only surface here, and must stop the commit.
+pub fn close(fd: OwnedFd) -> io::Result<()> {
+    let raw = fd.into_raw_fd();
+    // SAFETY: we own `raw` (just taken out of an OwnedFd) and never use it again.
+    match unsafe { libc::close(raw) } {
+        0 => Ok(()),
+        _ => {
+            let err = io::Error::last_os_error();
+            // EINTR on close still released the descriptor on Linux; the data is not in doubt.
+            if err.raw_os_error() == Some(libc::EINTR) {
+                Ok(())
+            } else {
+                Err(err)
+            }
+        }
+    }
+}
+
+pub fn dup(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    fd.try_clone_to_owned()
+}
+
+/// One copy_file_range(2) call from the current file offsets of both descriptors.
+pub fn copy_file_range(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    len: usize,
+) -> Result<usize, Errno> {
+    nix::fcntl::copy_file_range(src, None, dst, None, len)
+}
+
+/// One sendfile(2) call from the source's current offset.
+pub fn sendfile(dst: BorrowedFd<'_>, src: BorrowedFd<'_>, len: usize) -> Result<usize, Errno> {
+    nix::sys::sendfile::sendfile64(dst, src, None, len)
+}
+
+pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize, Errno> {
+    nix::unistd::read(fd, buf)
+}
+
+pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> Result<usize, Errno> {
+    nix::unistd::write(fd, buf)
+}
+
+/// Whether process `pid` still exists (EPERM: it exists but belongs to someone else).
+pub fn process_alive(pid: i32) -> bool {
+    !matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+        Err(Errno::ESRCH)
+    )
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Raises the open-file limit to its hard maximum: deep trees under many workers hold a
+/// directory handle per directory in flight.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+/// Lists a directory through its handle (a duplicate, so the handle stays usable for *at
+/// calls), yielding names with the type the filesystem reported, if it reported one.
+pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<(CString, Option<Kind>)>> {
+    let listing = nix::dir::Dir::from_fd(dup(dir)?)?;
+    let mut entries = Vec::new();
+    for entry in listing {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        use nix::dir::Type;
+        let kind = match entry.file_type() {
+            Some(Type::Directory) => Some(Kind::Dir),
+            Some(Type::File) => Some(Kind::File),
+            Some(Type::Symlink) => Some(Kind::Symlink),
+            Some(Type::Fifo | Type::Socket | Type::CharacterDevice | Type::BlockDevice) => {
+                Some(Kind::Special)
+            }
+            None => None,
+        };
+        entries.push((name.to_owned(), kind));
+    }
+    Ok(entries)
+}
+
+/// chmod of a name relative to a directory; only used on entries we just created (never a
+/// symlink), because fchmodat cannot refuse to follow one on every kernel.
+pub fn chmod_at(dir: BorrowedFd<'_>, name: &CStr, perm: u32) -> io::Result<()> {
+    Ok(nix::sys::stat::fchmodat(
+        dir,
+        name,
+        Mode::from_bits_truncate(perm),
+        nix::sys::stat::FchmodatFlags::FollowSymlink,
+    )?)
+}

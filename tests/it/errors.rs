@@ -1,0 +1,247 @@
+//! Failure behaviour: fatal argument errors (exit 2), per-entry errors that leave the rest
+//! copied (exit 1: permission denied as an unprivileged user, a full destination), and that no
+//! temp file or partial file is left behind after a failure.
+
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, chown, symlink};
+use std::path::Path;
+use std::process::Command;
+
+use crate::util::{
+    Mount, RUN_TIMEOUT, assert_no_temp_files, assert_present_files_complete, bin, run_cmd, tempdir,
+    treecopy, write_random_file,
+};
+use crate::{args, require_root, skip_unless};
+
+fn small_src(root: &Path) -> std::path::PathBuf {
+    let src = root.join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("a.txt"), b"a").unwrap();
+    fs::write(src.join("sub/b.txt"), b"b").unwrap();
+    src
+}
+
+#[test]
+fn missing_source_is_fatal_and_named() {
+    let tmp = tempdir();
+    let src = tmp.path().join("does-not-exist");
+    let dst = tmp.path().join("dst");
+    let run = treecopy(args![&src, &dst]);
+    run.assert_code(2);
+    run.assert_stderr_prefixed();
+    assert!(
+        run.stderr.contains(src.to_str().unwrap()),
+        "stderr does not name the missing SRC:\n{}",
+        run.stderr
+    );
+    assert!(!dst.exists(), "DST created although SRC is missing");
+}
+
+#[test]
+fn destination_inside_source_is_fatal() {
+    let tmp = tempdir();
+    let src = small_src(tmp.path());
+    let dst = src.join("sub/inner-copy");
+    let run = treecopy(args![&src, &dst]);
+    run.assert_code(2);
+    run.assert_stderr_prefixed();
+    assert!(!dst.exists(), "DST inside SRC was created");
+}
+
+/// The same check through a symlinked spelling of SRC: without resolving paths the copier would
+/// recurse into its own output.
+#[test]
+fn destination_inside_source_via_symlink_is_fatal() {
+    let tmp = tempdir();
+    let src = small_src(tmp.path());
+    let alias = tmp.path().join("alias");
+    symlink(&src, &alias).unwrap();
+    let dst = alias.join("sub/inner-copy");
+    let run = treecopy(args![&src, &dst]);
+    run.assert_code(2);
+    assert!(
+        !src.join("sub/inner-copy").exists(),
+        "DST inside SRC was created"
+    );
+}
+
+#[test]
+fn destination_equal_to_source_is_fatal() {
+    let tmp = tempdir();
+    let src = small_src(tmp.path());
+    let run = treecopy(args![&src, &src]);
+    run.assert_code(2);
+    run.assert_stderr_prefixed();
+    // Same directory, spelled differently.
+    fs::create_dir(tmp.path().join("x")).unwrap();
+    let other_spelling = tmp.path().join("x/../src/.");
+    let run = treecopy(args![&src, &other_spelling]);
+    run.assert_code(2);
+    assert_eq!(
+        fs::read(src.join("a.txt")).unwrap(),
+        b"a",
+        "SRC was modified"
+    );
+}
+
+#[test]
+fn directory_source_onto_existing_file_is_fatal() {
+    let tmp = tempdir();
+    let src = small_src(tmp.path());
+    let dst = tmp.path().join("plain-file");
+    fs::write(&dst, b"untouched").unwrap();
+    let run = treecopy(args![&src, &dst]);
+    run.assert_code(2);
+    run.assert_stderr_prefixed();
+    assert_eq!(
+        fs::read(&dst).unwrap(),
+        b"untouched",
+        "DST file was modified"
+    );
+}
+
+const NOBODY: u32 = 65534;
+
+/// `setpriv` arguments that run a program as nobody with no supplementary groups.
+fn as_nobody() -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
+    c
+}
+
+/// Runs as nobody: an unreadable file and an unreadable directory are reported (path and
+/// `Permission denied`), exit 1, and everything else is still copied.
+#[test]
+fn unreadable_entries_reported_and_rest_copied() {
+    require_root!();
+    let tmp = tempdir();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let src = tmp.path().join("src");
+    for d in ["sub", "locked", "later"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+    }
+    fs::write(src.join("ok1.txt"), b"one").unwrap();
+    fs::write(src.join("sub/ok2.txt"), b"two").unwrap();
+    fs::write(src.join("later/ok3.txt"), b"three").unwrap();
+    fs::write(src.join("secret.txt"), b"secret").unwrap();
+    fs::write(src.join("locked/inner.txt"), b"inner").unwrap();
+    fs::set_permissions(src.join("secret.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(src.join("locked"), fs::Permissions::from_mode(0o700)).unwrap();
+    let out = tmp.path().join("out");
+    fs::create_dir(&out).unwrap();
+    chown(&out, Some(NOBODY), Some(NOBODY)).unwrap();
+    let dst = out.join("dst");
+
+    // Capability check: setpriv exists, and nobody can run the binary and read the tree.
+    let mut probe = as_nobody();
+    probe.arg("cat").arg(src.join("sub/ok2.txt"));
+    let probe_bin = {
+        let mut c = as_nobody();
+        c.arg(bin()).arg("--version");
+        c
+    };
+    for (what, cmd) in [("read the source", probe), ("run the binary", probe_bin)] {
+        let r = run_cmd(cmd, RUN_TIMEOUT);
+        if !r.status.success() {
+            eprintln!(
+                "SKIPPED: cannot {what} as uid 65534 via setpriv ({}): {}",
+                r.status,
+                r.stderr.trim()
+            );
+            return;
+        }
+    }
+
+    let mut cmd = as_nobody();
+    cmd.arg(bin()).args(["-j2"]).arg(&src).arg(&dst);
+    let run = run_cmd(cmd, RUN_TIMEOUT);
+    run.assert_code(1);
+    run.assert_stderr_prefixed();
+    for name in ["secret.txt", "locked"] {
+        let p = src.join(name);
+        assert!(
+            run.error_lines()
+                .iter()
+                .any(|l| l.contains(p.to_str().unwrap()) && l.contains("Permission denied")),
+            "no `Permission denied` error naming {}:\n{}",
+            p.display(),
+            run.stderr
+        );
+    }
+    for (rel, want) in [
+        ("ok1.txt", &b"one"[..]),
+        ("sub/ok2.txt", b"two"),
+        ("later/ok3.txt", b"three"),
+    ] {
+        assert_eq!(
+            fs::read(dst.join(rel)).ok().as_deref(),
+            Some(want),
+            "{rel} not copied:\n{}",
+            run.stderr
+        );
+    }
+    assert!(
+        !dst.join("secret.txt").exists(),
+        "an unreadable file appeared in DST"
+    );
+    assert!(
+        !dst.join("locked/inner.txt").exists(),
+        "a file from an unreadable dir appeared in DST"
+    );
+    assert_no_temp_files(&dst);
+}
+
+/// A 2 MiB tmpfs as destination and a tree of ~5 MiB: some files fail with ENOSPC (exit 1,
+/// reported with path), every file under its final name is complete, no temp file remains.
+#[test]
+fn full_destination_reports_enospc_and_leaves_no_partial_files() {
+    require_root!();
+    let tmp = tempdir();
+    let src = tmp.path().join("src");
+    for d in ["a", "b"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+    }
+    for i in 0..20 {
+        write_random_file(
+            &src.join(["a", "b"][i % 2]).join(format!("small{i}")),
+            20_000,
+            i as u64,
+        );
+    }
+    write_random_file(&src.join("a/medium1"), 700_000, 100);
+    write_random_file(&src.join("b/medium2"), 700_000, 101);
+    write_random_file(&src.join("huge.bin"), 3 << 20, 102);
+
+    let mnt = tmp.path().join("small");
+    let guard = skip_unless!(Mount::tmpfs(&mnt, "2m"));
+    let dst = guard.dir.join("dst");
+    let run = treecopy(args!["-j2", &src, &dst]);
+    run.assert_code(1);
+    run.assert_stderr_prefixed();
+    let enospc: Vec<&str> = run
+        .error_lines()
+        .into_iter()
+        .filter(|l| l.contains("No space left on device"))
+        .collect();
+    assert!(
+        !enospc.is_empty(),
+        "no `No space left on device` error:\n{}",
+        run.stderr
+    );
+    let root = tmp.path().to_str().unwrap();
+    for l in &enospc {
+        assert!(l.contains(root), "ENOSPC error does not name a path: {l}");
+    }
+    // 3 MiB can never fit in 2 MiB, so huge.bin must be among the reported failures.
+    assert!(
+        run.error_lines().iter().any(|l| l.contains("huge.bin")),
+        "failure of huge.bin not reported:\n{}",
+        run.stderr
+    );
+    assert!(
+        !dst.join("huge.bin").exists(),
+        "huge.bin present although it cannot fit"
+    );
+    assert_present_files_complete(&src, &dst);
+    assert_no_temp_files(&dst);
+}

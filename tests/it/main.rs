@@ -1,0 +1,10 @@
+//! The single integration-test binary for treecopy: runs the real executable against generated
+//! trees. Modules split by concern; `util` holds the shared fixture and the tree oracle.
+
+mod util;
+
+mod basic;
+mod cli;
+mod devices;
+mod errors;
+mod signals;
