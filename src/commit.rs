@@ -8,7 +8,7 @@ use nix::errno::Errno;
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Every temp name starts with this, followed by `<pid>.<sequence>`, so later runs can tell
@@ -17,9 +17,15 @@ pub const TEMP_PREFIX: &str = ".treecopy-tmp.";
 
 static SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
+/// Our pid, asked once: it is part of every temp name, and getpid is a syscall per file.
+fn pid() -> u32 {
+    static PID: OnceLock<u32> = OnceLock::new();
+    *PID.get_or_init(std::process::id)
+}
+
 fn next_temp_name() -> CString {
     let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed);
-    CString::new(format!("{TEMP_PREFIX}{}.{seq}", std::process::id()))
+    CString::new(format!("{TEMP_PREFIX}{}.{seq}", pid()))
         .expect("temp names hold no NUL")
 }
 
@@ -133,7 +139,7 @@ pub fn temp_owner(name: &[u8]) -> Option<i32> {
 /// with our own pid: this run has not created anything in `dir` yet). A live other run's temp
 /// files are left alone. Returns the names removed.
 pub fn remove_stale(dir: BorrowedFd<'_>, listing: &[(CString, Option<Kind>)]) -> Vec<CString> {
-    let me = std::process::id() as i32;
+    let me = pid() as i32;
     let mut removed = Vec::new();
     for (name, kind) in listing {
         if matches!(kind, Some(Kind::Dir)) {
@@ -149,11 +155,6 @@ pub fn remove_stale(dir: BorrowedFd<'_>, listing: &[(CString, Option<Kind>)]) ->
         }
     }
     removed
-}
-
-/// Whether a file name is a temp name of ours (any pid).
-pub fn is_temp_name(name: &OsStr) -> bool {
-    temp_owner(name.as_bytes()).is_some()
 }
 
 #[cfg(test)]

@@ -314,11 +314,14 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// Raises the open-file limit to its hard maximum: deep trees under many workers hold a
-/// directory handle per directory in flight.
+/// Raises the open-file limit as far as allowed: deep or wide trees under many workers hold
+/// two directory handles per directory in flight. Root may go past the hard limit.
 pub fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+    const WANTED: u64 = 1 << 20;
+    if setrlimit(Resource::RLIMIT_NOFILE, WANTED, WANTED).is_err()
+        && let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+    {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }
