@@ -25,8 +25,7 @@ fn pid() -> u32 {
 
 fn next_temp_name() -> CString {
     let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed);
-    CString::new(format!("{TEMP_PREFIX}{}.{seq}", pid()))
-        .expect("temp names hold no NUL")
+    CString::new(format!("{TEMP_PREFIX}{}.{seq}", pid())).expect("temp names hold no NUL")
 }
 
 /// An entry under its temp name. Commit renames it; dropping it uncommitted removes it.

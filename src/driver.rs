@@ -306,7 +306,7 @@ impl<'r> Engine<'r> {
         let src_path = dir.src_path(src_name);
         let dst_path = dir.dst_path(dst_name);
         match self.copy_file(dir, src_name, dst_name, &src_path, &dst_path) {
-            Ok(()) => self.rep.done_file(),
+            Ok(bytes) => self.rep.done_file(bytes),
             Err(err) => self.report(Err(err)),
         }
     }
@@ -318,7 +318,7 @@ impl<'r> Engine<'r> {
         dst_name: &CStr,
         src_path: &Path,
         dst_path: &Path,
-    ) -> EntryResult<()> {
+    ) -> EntryResult<u64> {
         let src = sys::open_source(dir.src.as_fd(), src_name).ctx("open", src_path)?;
         let st = sys::fstat(src.as_fd()).ctx("stat", src_path)?;
         if st.kind() != Kind::File {
@@ -355,7 +355,8 @@ impl<'r> Engine<'r> {
         self.who
             .apply_fd(temp_fd, &st)
             .map_err(|e| meta_error(e, dst_path))?;
-        self.commit(temp, dst_name, dir, dst_path)
+        self.commit(temp, dst_name, dir, dst_path)?;
+        Ok(bytes)
     }
 
     fn commit(

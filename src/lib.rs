@@ -97,7 +97,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<Summary> {
         dirs: get(&counters.dirs),
         symlinks: get(&counters.symlinks),
         specials: get(&counters.specials),
-        bytes: get(&counters.bytes),
+        bytes: get(&counters.committed_bytes),
         failed: get(&counters.failed),
         elapsed: started.elapsed(),
         interrupted: signal::received(),

@@ -17,7 +17,10 @@ pub struct Counters {
     pub dirs: AtomicU64,
     pub symlinks: AtomicU64,
     pub specials: AtomicU64,
+    /// Bytes written so far, including files still being copied or that will fail.
     pub bytes: AtomicU64,
+    /// Bytes of the files committed under their final names: what the summary reports.
+    pub committed_bytes: AtomicU64,
     pub failed: AtomicU64,
 }
 
@@ -97,8 +100,9 @@ impl Reporter {
         Counters::add(&self.counters.bytes, n);
     }
 
-    pub fn done_file(&self) {
+    pub fn done_file(&self, bytes: u64) {
         Counters::add(&self.counters.files, 1);
+        Counters::add(&self.counters.committed_bytes, bytes);
     }
 
     pub fn done_dir(&self) {

@@ -268,3 +268,113 @@ fn deep_directory_chain() {
     run.assert_code(0);
     compare_trees(&src, &dst);
 }
+
+/// Copying again onto a complete earlier copy must work (as root) although that copy has 0500
+/// and 0000 directories and read-only files, and must leave the same tree.
+#[test]
+fn recopy_onto_previous_copy_is_idempotent() {
+    require_root!();
+    let tmp = tempdir();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    gen_tree(&src, 0x1DE_4407);
+    treecopy(args!["-j4", &src, &dst]).assert_code(0);
+    let run = treecopy(args!["-j4", &src, &dst]);
+    run.assert_code(0);
+    assert_no_temp_files(&dst);
+    compare_trees(&src, &dst);
+}
+
+/// Many files in one directory copied by many workers: temp names must never collide.
+#[test]
+fn many_files_in_one_directory_with_many_jobs() {
+    let tmp = tempdir();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    fs::create_dir(&src).unwrap();
+    for i in 0..3000u64 {
+        write_random_file(&src.join(format!("f{i:04}")), (i % 7 * 300) as usize, i);
+    }
+    let run = treecopy(args!["-j8", &src, &dst]);
+    run.assert_code(0);
+    assert_no_temp_files(&dst);
+    compare_trees(&src, &dst);
+}
+
+/// A same-named symlink in DST is replaced, never written through: the file it points to
+/// (outside DST) must stay untouched.
+#[test]
+fn symlink_in_destination_is_replaced_not_followed() {
+    let tmp = tempdir();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    fs::create_dir(&src).unwrap();
+    fs::create_dir(&dst).unwrap();
+    fs::write(src.join("a.txt"), b"new content").unwrap();
+    let outside = tmp.path().join("outside.txt");
+    fs::write(&outside, b"must not change").unwrap();
+    symlink(&outside, dst.join("a.txt")).unwrap();
+    let run = treecopy(args![&src, &dst]);
+    run.assert_code(0);
+    assert_eq!(fs::read(&outside).unwrap(), b"must not change");
+    let m = fs::symlink_metadata(dst.join("a.txt")).unwrap();
+    assert!(m.is_file(), "DST/a.txt is still a symlink");
+    assert_eq!(fs::read(dst.join("a.txt")).unwrap(), b"new content");
+}
+
+/// Special files: reading a FIFO would block a worker forever. Whatever the copier does with
+/// it (recreate it or report it), it must finish and copy the rest.
+#[test]
+fn fifo_in_source_does_not_hang_the_copy() {
+    let tmp = tempdir();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("regular.txt"), b"data").unwrap();
+    let fifo = std::ffi::CString::new(src.join("pipe").as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0, "mkfifo");
+    let mut cmd = std::process::Command::new(crate::util::bin());
+    cmd.args(args!["-j2", &src, &dst]);
+    let run = crate::util::run_cmd(cmd, std::time::Duration::from_secs(30));
+    assert!(
+        matches!(run.code(), Some(0) | Some(1)),
+        "unexpected status {:?}:\n{}",
+        run.status,
+        run.stderr
+    );
+    assert_eq!(fs::read(dst.join("regular.txt")).unwrap(), b"data");
+    if run.code() == Some(0) {
+        let m = fs::symlink_metadata(dst.join("pipe")).expect("exit 0 but the FIFO is missing");
+        assert_eq!(
+            m.mode() & libc::S_IFMT,
+            libc::S_IFIFO,
+            "DST/pipe is not a FIFO"
+        );
+    }
+    assert_no_temp_files(&dst);
+}
+
+/// Relative operands (resolved against the copier's cwd, set on the child only) and trailing
+/// slashes name the same directories as their plain absolute spellings.
+#[test]
+fn relative_paths_and_trailing_slashes() {
+    let tmp = tempdir();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("sub/f"), b"relative").unwrap();
+    for (i, (s, d)) in [("src", "dst0"), ("src/", "dst1/"), ("./src/.", "x/../dst2")]
+        .iter()
+        .enumerate()
+    {
+        fs::create_dir_all(tmp.path().join("x")).unwrap();
+        let mut cmd = std::process::Command::new(crate::util::bin());
+        cmd.current_dir(tmp.path()).args([s, d]);
+        let run = crate::util::run_cmd(cmd, crate::util::RUN_TIMEOUT);
+        run.assert_code(0);
+        let dst = tmp.path().join(format!("dst{i}"));
+        assert_eq!(
+            fs::read(dst.join("sub/f")).ok().as_deref(),
+            Some(&b"relative"[..]),
+            "`treecopy {s} {d}` did not copy SRC's contents into {}",
+            dst.display()
+        );
+        compare_trees(&src, &dst);
+    }
+}

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::util::{
-    Mount, RUN_TIMEOUT, assert_no_temp_files, assert_present_files_complete, bin, run_cmd, tempdir,
-    treecopy, write_random_file,
+    Mount, RUN_TIMEOUT, Run, assert_no_temp_files, assert_present_files_complete, bin, run_cmd,
+    tempdir, treecopy, write_random_file,
 };
 use crate::{args, require_root, skip_unless};
 
@@ -100,6 +100,20 @@ fn directory_source_onto_existing_file_is_fatal() {
     );
 }
 
+/// The summary's `failed=N` agrees with the number of reported errors.
+#[track_caller]
+fn assert_summary_failed(run: &Run, n: usize) {
+    let summary = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("treecopy: summary "))
+        .unwrap_or_else(|| panic!("no summary line:\n{}", run.stderr));
+    assert!(
+        summary.contains(&format!(" failed={n} ")),
+        "summary should say failed={n}: {summary}"
+    );
+}
+
 const NOBODY: u32 = 65534;
 
 /// `setpriv` arguments that run a program as nobody with no supplementary groups.
@@ -157,6 +171,15 @@ fn unreadable_entries_reported_and_rest_copied() {
     let run = run_cmd(cmd, RUN_TIMEOUT);
     run.assert_code(1);
     run.assert_stderr_prefixed();
+    // Exactly the two unreadable entries fail; e.g. not being allowed to chown as nobody is no
+    // error (ownership is only preserved as root).
+    assert_eq!(
+        run.error_lines().len(),
+        2,
+        "want exactly two error lines:\n{}",
+        run.stderr
+    );
+    assert_summary_failed(&run, 2);
     for name in ["secret.txt", "locked"] {
         let p = src.join(name);
         assert!(
@@ -238,10 +261,55 @@ fn full_destination_reports_enospc_and_leaves_no_partial_files() {
         "failure of huge.bin not reported:\n{}",
         run.stderr
     );
+    assert_summary_failed(&run, run.error_lines().len());
     assert!(
         !dst.join("huge.bin").exists(),
         "huge.bin present although it cannot fit"
     );
     assert_present_files_complete(&src, &dst);
+    assert_no_temp_files(&dst);
+}
+
+/// `treecopy . sub/copy` run inside SRC: the containment check must resolve relative operands.
+#[test]
+fn relative_destination_inside_relative_source_is_fatal() {
+    let tmp = tempdir();
+    let src = small_src(tmp.path());
+    let mut cmd = Command::new(bin());
+    cmd.current_dir(&src).args([".", "sub/copy"]);
+    let run = run_cmd(cmd, RUN_TIMEOUT);
+    run.assert_code(2);
+    assert!(!src.join("sub/copy").exists(), "DST inside SRC was created");
+}
+
+/// Contract: nothing in DST is deleted. A non-empty directory in DST where SRC has a file cannot
+/// be replaced, so that entry fails (exit 1) and the directory survives; with -q the only output
+/// is the error itself.
+#[test]
+fn file_onto_nonempty_directory_in_destination_fails_and_keeps_it() {
+    let tmp = tempdir();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("clash"), b"a file in SRC").unwrap();
+    fs::write(src.join("fine.txt"), b"fine").unwrap();
+    fs::create_dir_all(dst.join("clash")).unwrap();
+    fs::write(dst.join("clash/precious"), b"keep me").unwrap();
+    let run = treecopy(args!["-q", &src, &dst]);
+    run.assert_code(1);
+    run.assert_stderr_prefixed();
+    let errors = run.error_lines();
+    assert!(
+        errors.len() == 1 && errors[0].contains("clash"),
+        "want one error naming `clash`:\n{}",
+        run.stderr
+    );
+    assert_eq!(
+        run.stderr.lines().count(),
+        1,
+        "-q must print only errors:\n{}",
+        run.stderr
+    );
+    assert_eq!(fs::read(dst.join("clash/precious")).unwrap(), b"keep me");
+    assert_eq!(fs::read(dst.join("fine.txt")).unwrap(), b"fine");
     assert_no_temp_files(&dst);
 }

@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -10,95 +11,115 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::util::{
-    TMP_PREFIX, assert_no_temp_files, assert_present_files_complete, bin, drain, first_difference,
-    tempdir, write_big_file, write_random_file,
+    TMP_PREFIX, Ts, assert_no_temp_files, assert_present_files_complete, bin, drain,
+    first_difference, set_mode, set_times, tempdir, write_big_file, write_random_file,
 };
 
-/// Large enough that a copy on this disk takes well over a second (measured ~1.5 GiB/s).
+/// One big non-sparse file: a copy interrupted inside it must not leave it (or its temp file).
 const BIG: u64 = 1 << 30;
 
-/// A source that takes seconds to copy: one 1 GiB non-sparse file plus many small files.
-fn slow_source(src: &Path, seed: u64) {
-    fs::create_dir_all(src.join("many")).unwrap();
-    write_big_file(&src.join("big.bin"), BIG, seed);
-    for i in 0..300 {
-        write_random_file(
-            &src.join("many").join(format!("f{i:03}")),
-            32 * 1024,
-            seed + i,
-        );
+/// Small files added per round: with -j1 each costs tens of microseconds (create, write, set
+/// metadata, rename), which paces the copy where data alone goes at GiB/s from the page cache.
+const SMALL_PER_ROUND: u64 = 8000;
+
+/// Adds one round of small files (in 40 directories) to the source.
+fn add_small_files(src: &Path, round: u64) {
+    for i in 0..SMALL_PER_ROUND {
+        let dir = src.join(format!("r{round}_d{:02}", i % 40));
+        if i < 40 {
+            fs::create_dir_all(&dir).unwrap();
+        }
+        write_random_file(&dir.join(format!("f{i:05}")), 1024, round * 1_000_000 + i);
     }
 }
 
-/// Starts a copy, sends `sig` after 300 ms while it is still running, and checks the exit code
-/// and that DST holds only complete files and no temp files.
-fn interrupt_mid_copy(sig: libc::c_int, seed: u64) {
+/// Starts a copy with `jobs` workers, sends `sig` after 300 ms while it is still running, and checks the exit
+/// code and that DST holds only complete files and no temp files. If the copy finished within
+/// 300 ms (a fast machine) the source grows and the attempt is repeated, a bounded number of times.
+fn interrupt_mid_copy(sig: libc::c_int, jobs: &str, seed: u64) {
     let tmp = tempdir();
-    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
-    slow_source(&src, seed);
-    let mut child = Command::new(bin())
-        .args(["-j2".as_ref(), src.as_os_str(), dst.as_os_str()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn treecopy");
-    let (_out, err) = drain(&mut child);
-    thread::sleep(Duration::from_millis(300));
-    if let Some(st) = child.try_wait().unwrap() {
-        let err = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
-        panic!("copy already finished ({st}) before the signal: make the workload bigger\n{err}");
-    }
-    // SAFETY: plain kill(2) on our own child's pid.
-    let rc = unsafe { libc::kill(child.id() as libc::pid_t, sig) };
-    assert_eq!(rc, 0, "kill failed");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    write_big_file(&src.join("big.bin"), BIG, seed);
+    for round in 0..4 {
+        add_small_files(&src, round);
+        let dst = tmp.path().join(format!("dst{round}"));
+        let mut child = Command::new(bin())
+            .args([
+                "-j".as_ref(),
+                jobs.as_ref(),
+                src.as_os_str(),
+                dst.as_os_str(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn treecopy");
+        let (_out, err) = drain(&mut child);
+        thread::sleep(Duration::from_millis(300));
         if let Some(st) = child.try_wait().unwrap() {
-            break st;
+            let err = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
+            eprintln!(
+                "round {round}: copy finished ({st}) before the signal, growing the source\n{err}"
+            );
+            continue;
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("treecopy still running 60 s after signal {sig}");
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
-    let stderr = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
-    assert_eq!(
-        status.code(),
-        Some(128 + sig),
-        "after signal {sig}: status {status} (killed by signal: {:?}); want exit code {}\n{stderr}",
-        status.signal(),
-        128 + sig
-    );
-    assert_no_temp_files(&dst);
-    assert_present_files_complete(&src, &dst);
-    assert!(
-        fs::symlink_metadata(dst.join("big.bin")).is_err()
-            || fs::metadata(dst.join("big.bin")).unwrap().len() == BIG,
-        "big.bin present with a partial size"
-    );
+        // SAFETY: plain kill(2) on our own, still running (not yet reaped) child.
+        let rc = unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill failed");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("treecopy still running 60 s after signal {sig}");
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        let stderr = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
+        assert_eq!(
+            status.code(),
+            Some(128 + sig),
+            "after signal {sig}: status {status} (killed by signal: {:?}); want exit code {}\n{stderr}",
+            status.signal(),
+            128 + sig
+        );
+        assert_no_temp_files(&dst);
+        let complete = assert_present_files_complete(&src, &dst);
+        eprintln!("interrupted with {complete} complete files in DST");
+        return;
+    }
+    panic!("the copy always finished within 300 ms, even with a bigger source");
 }
 
 #[test]
 fn sigint_mid_copy_exits_130_and_cleans_up() {
-    interrupt_mid_copy(libc::SIGINT, 0x1A7);
+    interrupt_mid_copy(libc::SIGINT, "1", 0x1A7);
 }
 
 #[test]
 fn sigterm_mid_copy_exits_143_and_cleans_up() {
-    interrupt_mid_copy(libc::SIGTERM, 0x7E4);
+    // Several workers, so several temp files may be open at once when the signal lands.
+    interrupt_mid_copy(libc::SIGTERM, "4", 0x7E4);
 }
 
 /// The final name only appears by rename of a complete temp file, so a reader polling it sees
-/// either nothing or the full size, never a growing file; meanwhile a `.treecopy-tmp.` file
-/// exists beside it.
+/// either nothing or the full size (with mode and mtime already set, as `--help` promises),
+/// never a growing file; meanwhile a `.treecopy-tmp.` file exists beside it.
 #[test]
 fn concurrent_reader_never_sees_partial_final_file() {
+    // 1 GiB at page-cache speed takes a few hundred ms: enough for thousands of polls.
     let tmp = tempdir();
     let src = tmp.path().join("big.bin");
     write_big_file(&src, BIG, 0xB16);
+    // Distinctive metadata: it must already be in place when the final name appears.
+    let (mode, mtime) = (0o640, Ts(1_234_567_890, 123_456_789));
+    set_mode(&src, mode);
+    set_times(&src, Ts(1_300_000_000, 5), mtime);
     let out = tmp.path().join("out");
     fs::create_dir(&out).unwrap();
     let dst = out.join("big-copy.bin");
@@ -119,12 +140,13 @@ fn concurrent_reader_never_sees_partial_final_file() {
         polls += 1;
         if let Ok(m) = fs::symlink_metadata(&dst) {
             saw_final = true;
-            if m.len() != BIG {
+            let seen = (m.len(), m.mode() & 0o7777, Ts(m.mtime(), m.mtime_nsec()));
+            if seen != (BIG, mode, mtime) {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "final name visible with size {} (final size {BIG}) after {polls} polls",
-                    m.len()
+                    "final name visible as (size, mode, mtime) {seen:?}, want {:?}, after {polls} polls",
+                    (BIG, mode, mtime)
                 );
             }
         }

@@ -18,8 +18,8 @@ pub const TMP_PREFIX: &str = ".treecopy-tmp.";
 /// Default time limit for one run of the binary; a hang fails the test instead of the suite.
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
-pub fn bin() -> String {
-    std::env::var("TC_FAKE").unwrap_or(env!("CARGO_BIN_EXE_treecopy").to_string()) // TEMP
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_treecopy")
 }
 
 /// Builds an argument vector from anything path- or string-like, e.g. `args!["-j1", &src, &dst]`.
@@ -287,12 +287,11 @@ pub fn first_difference(a: &Path, b: &Path) -> io::Result<Option<u64>> {
     loop {
         let na = read_full(&mut fa, &mut ba)?;
         let nb = read_full(&mut fb, &mut bb)?;
-        if let Some(i) = ba[..na.min(nb)]
-            .iter()
-            .zip(&bb[..na.min(nb)])
-            .position(|(x, y)| x != y)
-        {
-            return Ok(Some(off + i as u64));
+        let n = na.min(nb);
+        // Slice equality is a memcmp: fast even in debug builds; locate the byte only on mismatch.
+        if ba[..n] != bb[..n] {
+            let i = ba[..n].iter().zip(&bb[..n]).position(|(x, y)| x != y);
+            return Ok(Some(off + i.unwrap() as u64));
         }
         if na != nb {
             return Ok(Some(off + na.min(nb) as u64));
@@ -395,7 +394,7 @@ pub fn gen_tree_with(root: &Path, seed: u64, spec: &TreeSpec) -> Manifest {
             rng.range(4097, 300_000) as usize
         };
         let rel = dir.join(format!("f{i}.{}", rng.pick(&["txt", "bin", "dat", "log"])));
-        write_random_file(&root.join(&rel), len, seed ^ (i as u64 + 1) * 0x1234_5678);
+        write_random_file(&root.join(&rel), len, seed ^ ((i as u64 + 1) * 0x1234_5678));
         bytes += len as u64;
         files.push(rel);
     }
@@ -794,12 +793,29 @@ impl Mount {
     /// Creates a sparse image `img` of `size` (e.g. "300M"), makes an XFS on it and loop-mounts it
     /// on `dir`. Err says why it is unavailable (no root, no mkfs.xfs, no loop devices...).
     pub fn xfs_loop(img: &Path, dir: &Path, size: &str) -> Result<Mount, String> {
+        Self::loop_fs(img, dir, size, "mkfs.xfs", &["-q"])
+    }
+
+    /// Like `xfs_loop` with btrfs (at least ~120 MiB).
+    pub fn btrfs_loop(img: &Path, dir: &Path, size: &str) -> Result<Mount, String> {
+        Self::loop_fs(img, dir, size, "mkfs.btrfs", &["-q"])
+    }
+
+    fn loop_fs(
+        img: &Path,
+        dir: &Path,
+        size: &str,
+        mkfs: &str,
+        mkfs_args: &[&str],
+    ) -> Result<Mount, String> {
         if !is_root() {
             return Err("loop mounting needs root".into());
         }
         fs::create_dir_all(dir).map_err(|e| e.to_string())?;
         sh("truncate", &["-s".as_ref(), size.as_ref(), img.as_os_str()])?;
-        sh("mkfs.xfs", &["-q".as_ref(), img.as_os_str()])?;
+        let mut args: Vec<&OsStr> = mkfs_args.iter().map(OsStr::new).collect();
+        args.push(img.as_os_str());
+        sh(mkfs, &args)?;
         // losetup --find can race with a parallel test grabbing the same free device; retry.
         let mut last = String::new();
         let mut dev = None;
@@ -824,7 +840,7 @@ impl Mount {
             loopdev: Some(dev.clone()),
         };
         if let Err(e) = sh("mount", &[dev.as_ref(), dir.as_os_str()]) {
-            // Drop detaches the loop device; the failed mount needs no unmount.
+            // Nothing is mounted: detach here and skip Drop's unmount.
             let _ = sh("losetup", &["-d".as_ref(), dev.as_ref()]);
             std::mem::forget(mount);
             return Err(e);
