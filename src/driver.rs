@@ -9,26 +9,41 @@ use crate::meta::{Identity, MetaError};
 use crate::report::Reporter;
 use crate::sys::{self, Kind, Stat};
 use crate::walk::Plan;
-use rayon::prelude::*;
 use std::ffi::{CStr, OsStr};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// A directory being copied: open handles on both sides, shared by the tasks of its entries
-/// and closed when the last of them finishes.
-struct DirPair {
+/// and of its subdirectories. When the last of them is done the pair is dropped, and its drop
+/// applies the directory's owner, mode and times: after all its contents are in place (so a
+/// 0500 directory can still be filled, and our renames inside it do not bump its mtime),
+/// through the open handle (so no path is resolved, however long).
+struct DirPair<'r> {
     src: OwnedFd,
     src_path: PathBuf,
     dst: OwnedFd,
     dst_path: PathBuf,
     dst_dev: u64,
-    depth: usize,
+    /// The source directory's metadata, to apply on completion; None for the destination
+    /// directory of a single-file copy, which is not ours to change.
+    meta: Option<Stat>,
+    /// Keeps the parent open, and its metadata pending, until this subtree is done.
+    parent: Option<Arc<DirPair<'r>>>,
+    finisher: Finisher<'r>,
+    finished: bool,
 }
 
-impl DirPair {
+/// What a directory needs to finish itself when its last entry is done.
+#[derive(Clone, Copy)]
+struct Finisher<'r> {
+    rep: &'r Reporter,
+    who: Identity,
+}
+
+impl DirPair<'_> {
     fn src_path(&self, name: &CStr) -> PathBuf {
         self.src_path.join(OsStr::from_bytes(name.to_bytes()))
     }
@@ -36,21 +51,38 @@ impl DirPair {
     fn dst_path(&self, name: &CStr) -> PathBuf {
         self.dst_path.join(OsStr::from_bytes(name.to_bytes()))
     }
+
+    /// Applies the directory's metadata once. An interrupted run leaves it for the next run.
+    fn finish(&mut self) {
+        if std::mem::replace(&mut self.finished, true) || crate::signal::received().is_some() {
+            return;
+        }
+        if let Some(meta) = &self.meta
+            && let Err(e) = self.finisher.who.apply_fd(self.dst.as_fd(), meta)
+        {
+            self.finisher.rep.failed(&meta_error(e, &self.dst_path));
+        }
+    }
 }
 
-/// A destination directory whose mode, owner and times wait until its contents are in place
-/// (so a 0500 directory can still be filled, and its mtime is not bumped by our renames).
-struct DirFixup {
-    path: PathBuf,
-    stat: Stat,
-    depth: usize,
+impl Drop for DirPair<'_> {
+    /// Finishes this directory, then every ancestor whose last reference this was. A loop,
+    /// not recursive drops: a tree 10,000 levels deep must not exhaust a worker's stack.
+    fn drop(&mut self) {
+        self.finish();
+        let mut parent = self.parent.take();
+        while let Some(pair) = parent.and_then(Arc::into_inner) {
+            let mut pair = pair;
+            pair.finish();
+            parent = pair.parent.take();
+        }
+    }
 }
 
 pub struct Engine<'r> {
     rep: &'r Reporter,
     cache: DeviceCache,
     who: Identity,
-    fixups: Mutex<Vec<DirFixup>>,
 }
 
 impl<'r> Engine<'r> {
@@ -59,7 +91,6 @@ impl<'r> Engine<'r> {
             rep,
             cache: DeviceCache::default(),
             who: Identity::current(),
-            fixups: Mutex::new(Vec::new()),
         }
     }
 
@@ -110,7 +141,6 @@ impl<'r> Engine<'r> {
             sys::fstat(dst_fd.as_fd()).with_context(|| format!("stat {}", dst.display()))?;
         self.make_writable(&dst_fd, &dst_stat)
             .with_context(|| format!("chmod {}", dst.display()))?;
-        self.push_fixup(dst.to_path_buf(), src_stat, 0);
         self.rep.done_dir();
         let root = Arc::new(DirPair {
             src: src_fd,
@@ -118,12 +148,12 @@ impl<'r> Engine<'r> {
             dst: dst_fd,
             dst_path: dst.to_path_buf(),
             dst_dev: dst_stat.dev,
-            depth: 0,
+            meta: Some(src_stat),
+            parent: None,
+            finisher: self.finisher(),
+            finished: false,
         });
         pool.scope(|scope| self.copy_dir(scope, root, true));
-        if crate::signal::received().is_none() {
-            self.apply_dir_metadata(pool);
-        }
         Ok(())
     }
 
@@ -151,7 +181,10 @@ impl<'r> Engine<'r> {
             dst: dst_fd,
             dst_path: dst_dir.to_path_buf(),
             dst_dev,
-            depth: 0,
+            meta: None,
+            parent: None,
+            finisher: self.finisher(),
+            finished: false,
         };
         let src_name = sys::cstring(src_name)?;
         let dst_name = sys::cstring(dst_name)?;
@@ -169,11 +202,11 @@ impl<'r> Engine<'r> {
         sys::fchmod(dir.as_fd(), st.perm() | 0o700)
     }
 
-    fn push_fixup(&self, path: PathBuf, stat: Stat, depth: usize) {
-        self.fixups
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(DirFixup { path, stat, depth });
+    fn finisher(&self) -> Finisher<'r> {
+        Finisher {
+            rep: self.rep,
+            who: self.who,
+        }
     }
 
     fn report(&self, result: EntryResult<()>) {
@@ -187,7 +220,7 @@ impl<'r> Engine<'r> {
     /// Lists one source directory and spawns a task per entry. Subdirectories are spawned
     /// first: the worker takes its newest tasks (this directory's files) itself, while idle
     /// workers steal the oldest (the subdirectories) and list them in parallel.
-    fn copy_dir<'s>(&'s self, scope: &rayon::Scope<'s>, dir: Arc<DirPair>, dst_existed: bool) {
+    fn copy_dir<'s>(&'s self, scope: &rayon::Scope<'s>, dir: Arc<DirPair<'r>>, dst_existed: bool) {
         if crate::signal::received().is_some() {
             return;
         }
@@ -253,14 +286,13 @@ impl<'r> Engine<'r> {
     }
 
     /// Creates (or reuses) the destination directory for `name` and copies its contents.
-    fn enter_dir<'s>(&'s self, scope: &rayon::Scope<'s>, parent: &DirPair, name: &CStr) {
+    fn enter_dir<'s>(&'s self, scope: &rayon::Scope<'s>, parent: &Arc<DirPair<'r>>, name: &CStr) {
         if crate::signal::received().is_some() {
             return;
         }
         match self.open_dir_pair(parent, name) {
-            Ok((pair, existed, src_stat)) => {
+            Ok((pair, existed)) => {
                 self.rep.done_dir();
-                self.push_fixup(pair.dst_path.clone(), src_stat, pair.depth);
                 self.copy_dir(scope, Arc::new(pair), existed);
             }
             Err(err) => self.report(Err(err)),
@@ -268,8 +300,12 @@ impl<'r> Engine<'r> {
     }
 
     /// Opens the source directory `name` and creates or opens its destination. Returns the
-    /// pair, whether the destination existed, and the source directory's metadata.
-    fn open_dir_pair(&self, parent: &DirPair, name: &CStr) -> EntryResult<(DirPair, bool, Stat)> {
+    /// pair and whether the destination existed.
+    fn open_dir_pair(
+        &self,
+        parent: &Arc<DirPair<'r>>,
+        name: &CStr,
+    ) -> EntryResult<(DirPair<'r>, bool)> {
         let src_path = parent.src_path(name);
         let dst_path = parent.dst_path(name);
         let src =
@@ -295,9 +331,12 @@ impl<'r> Engine<'r> {
             dst,
             dst_path,
             dst_dev,
-            depth: parent.depth + 1,
+            meta: Some(src_stat),
+            parent: Some(Arc::clone(parent)),
+            finisher: self.finisher(),
+            finished: false,
         };
-        Ok((pair, existed, src_stat))
+        Ok((pair, existed))
     }
 
     /// Copies the regular file `src_name` of `dir` to `dst_name` in its destination directory,
@@ -402,28 +441,6 @@ impl<'r> Engine<'r> {
         self.commit(temp, name, dir, &dst_path)?;
         self.rep.done_special();
         Ok(())
-    }
-
-    /// Applies directory owner, mode and times, deepest directories first so that setting a
-    /// parent's mtime comes after every change inside it; each depth level in parallel.
-    fn apply_dir_metadata(&self, pool: &rayon::ThreadPool) {
-        let mut fixups =
-            std::mem::take(&mut *self.fixups.lock().unwrap_or_else(|e| e.into_inner()));
-        fixups.sort_unstable_by_key(|f| std::cmp::Reverse(f.depth));
-        pool.install(|| {
-            for level in fixups.chunk_by(|a, b| a.depth == b.depth) {
-                level.par_iter().for_each(|fixup| {
-                    let result = sys::open_dir_path(&fixup.path)
-                        .ctx("open directory", &fixup.path)
-                        .and_then(|fd| {
-                            self.who
-                                .apply_fd(fd.as_fd(), &fixup.stat)
-                                .map_err(|e| meta_error(e, &fixup.path))
-                        });
-                    self.report(result);
-                });
-            }
-        });
     }
 }
 
