@@ -1,0 +1,179 @@
+//! Per-operation request counters, so a benchmark can report how many "RPCs" a tool made.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Every FUSE operation latencyfs answers. The names double as the `--fail-ops` vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Lookup,
+    Forget,
+    Getattr,
+    Setattr,
+    Readlink,
+    Mknod,
+    Mkdir,
+    Unlink,
+    Rmdir,
+    Symlink,
+    Rename,
+    Link,
+    Open,
+    Read,
+    Write,
+    Flush,
+    Release,
+    Fsync,
+    Opendir,
+    Readdir,
+    Readdirplus,
+    Releasedir,
+    Fsyncdir,
+    Statfs,
+    Setxattr,
+    Getxattr,
+    Listxattr,
+    Removexattr,
+    Create,
+    Fallocate,
+    Lseek,
+    CopyFileRange,
+}
+
+impl Op {
+    pub const ALL: [Op; 32] = [
+        Op::Lookup,
+        Op::Forget,
+        Op::Getattr,
+        Op::Setattr,
+        Op::Readlink,
+        Op::Mknod,
+        Op::Mkdir,
+        Op::Unlink,
+        Op::Rmdir,
+        Op::Symlink,
+        Op::Rename,
+        Op::Link,
+        Op::Open,
+        Op::Read,
+        Op::Write,
+        Op::Flush,
+        Op::Release,
+        Op::Fsync,
+        Op::Opendir,
+        Op::Readdir,
+        Op::Readdirplus,
+        Op::Releasedir,
+        Op::Fsyncdir,
+        Op::Statfs,
+        Op::Setxattr,
+        Op::Getxattr,
+        Op::Listxattr,
+        Op::Removexattr,
+        Op::Create,
+        Op::Fallocate,
+        Op::Lseek,
+        Op::CopyFileRange,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Lookup => "lookup",
+            Op::Forget => "forget",
+            Op::Getattr => "getattr",
+            Op::Setattr => "setattr",
+            Op::Readlink => "readlink",
+            Op::Mknod => "mknod",
+            Op::Mkdir => "mkdir",
+            Op::Unlink => "unlink",
+            Op::Rmdir => "rmdir",
+            Op::Symlink => "symlink",
+            Op::Rename => "rename",
+            Op::Link => "link",
+            Op::Open => "open",
+            Op::Read => "read",
+            Op::Write => "write",
+            Op::Flush => "flush",
+            Op::Release => "release",
+            Op::Fsync => "fsync",
+            Op::Opendir => "opendir",
+            Op::Readdir => "readdir",
+            Op::Readdirplus => "readdirplus",
+            Op::Releasedir => "releasedir",
+            Op::Fsyncdir => "fsyncdir",
+            Op::Statfs => "statfs",
+            Op::Setxattr => "setxattr",
+            Op::Getxattr => "getxattr",
+            Op::Listxattr => "listxattr",
+            Op::Removexattr => "removexattr",
+            Op::Create => "create",
+            Op::Fallocate => "fallocate",
+            Op::Lseek => "lseek",
+            Op::CopyFileRange => "copy_file_range",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Op> {
+        Op::ALL.into_iter().find(|op| op.name() == s)
+    }
+
+    fn index(self) -> usize {
+        Op::ALL
+            .iter()
+            .position(|&o| o == self)
+            .expect("every op is in ALL")
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    counts: [AtomicU64; Op::ALL.len()],
+    pub bytes_read: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub bytes_copied: AtomicU64,
+    pub faults_injected: AtomicU64,
+    /// Gauge: inode table size after the latest change.
+    pub nodes_tracked: AtomicU64,
+}
+
+impl Stats {
+    pub fn count(&self, op: Op) {
+        self.counts[op.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `name=value` lines: ops that were seen, then byte totals. Easy to grep or parse.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for op in Op::ALL {
+            let n = self.counts[op.index()].load(Ordering::Relaxed);
+            if n > 0 {
+                let _ = writeln!(out, "{}={n}", op.name());
+            }
+        }
+        for (name, v) in [
+            ("bytes_read", &self.bytes_read),
+            ("bytes_written", &self.bytes_written),
+            ("bytes_copied", &self.bytes_copied),
+            ("faults_injected", &self.faults_injected),
+            ("nodes_tracked", &self.nodes_tracked),
+        ] {
+            let _ = writeln!(out, "{name}={}", v.load(Ordering::Relaxed));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for op in Op::ALL {
+            assert_eq!(Op::from_name(op.name()), Some(op));
+        }
+        let s = Stats::default();
+        s.count(Op::CopyFileRange);
+        assert!(s.render().contains("copy_file_range=1\n"));
+    }
+}
