@@ -1,8 +1,8 @@
 //! The command line: the clap definition and its conversion into a Config. The only file that
 //! knows clap.
 
-use crate::config::{Config, DEFAULT_JOBS, ProgressMode};
-use clap::Parser;
+use crate::config::{Config, DEFAULT_JOBS, ProgressMode, Reflink};
+use clap::{Parser, ValueEnum};
 use std::path::PathBuf;
 
 const AFTER_HELP: &str = "\
@@ -59,6 +59,27 @@ pub struct Cli {
     /// Never show progress
     #[arg(long, overrides_with = "progress")]
     pub no_progress: bool,
+
+    /// Do not copy extended attributes and POSIX ACLs
+    #[arg(long)]
+    pub no_xattrs: bool,
+
+    /// Copy every name of a hard-linked file as a separate file
+    #[arg(long)]
+    pub no_hard_links: bool,
+
+    /// Clone file data (shared extents on XFS, btrfs): auto where possible, always or fail,
+    /// never. --reflink alone means always, as in cp
+    #[arg(long, value_name = "WHEN", value_enum, default_value_t = ReflinkArg::Auto,
+          num_args = 0..=1, require_equals = true, default_missing_value = "always")]
+    pub reflink: ReflinkArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReflinkArg {
+    Auto,
+    Always,
+    Never,
 }
 
 impl Cli {
@@ -77,6 +98,13 @@ impl Cli {
             verbose: self.verbose,
             quiet: self.quiet,
             progress,
+            xattrs: !self.no_xattrs,
+            hard_links: !self.no_hard_links,
+            reflink: match self.reflink {
+                ReflinkArg::Auto => Reflink::Auto,
+                ReflinkArg::Always => Reflink::Always,
+                ReflinkArg::Never => Reflink::Never,
+            },
         }
     }
 }
@@ -110,5 +138,18 @@ mod tests {
         assert_eq!(parse(&["treecopy", "-j", "3", "a", "b"]).jobs, 3);
         assert!(Cli::try_parse_from(["treecopy", "-j", "0", "a", "b"]).is_err());
         assert!(Cli::try_parse_from(["treecopy", "-q", "-v", "a", "b"]).is_err());
+        assert_eq!(parse(&["treecopy", "a", "b"]).reflink, Reflink::Auto);
+        assert_eq!(
+            parse(&["treecopy", "--reflink", "a", "b"]).reflink,
+            Reflink::Always
+        );
+        assert_eq!(
+            parse(&["treecopy", "--reflink=never", "a", "b"]).reflink,
+            Reflink::Never
+        );
+        let defaults = parse(&["treecopy", "a", "b"]);
+        assert!(defaults.xattrs && defaults.hard_links);
+        let off = parse(&["treecopy", "--no-xattrs", "--no-hard-links", "a", "b"]);
+        assert!(!off.xattrs && !off.hard_links);
     }
 }

@@ -11,6 +11,22 @@ pub struct Config {
     pub verbose: bool,
     pub quiet: bool,
     pub progress: ProgressMode,
+    /// Copy extended attributes and POSIX ACLs.
+    pub xattrs: bool,
+    /// Names sharing an inode in SRC share one in DST.
+    pub hard_links: bool,
+    pub reflink: Reflink,
+}
+
+/// Whether file data may be cloned (shared extents) instead of copied, as cp's --reflink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reflink {
+    /// copy_file_range clones where the filesystem can (XFS, btrfs) and copies elsewhere.
+    Auto,
+    /// Clone or fail the file.
+    Always,
+    /// Never clone: copy the bytes.
+    Never,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

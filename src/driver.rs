@@ -3,25 +3,27 @@
 //! and counted; directory metadata is applied in a final pass, deepest first.
 
 use crate::commit::{CommitError, TempEntry, remove_stale};
+use crate::config::{Config, Reflink};
 use crate::copy::{self, DeviceCache};
 use crate::error::{Context, EntryError, EntryResult};
-use crate::meta::{Identity, MetaError};
+use crate::meta::{Applied, MetaError, Node, Preserver};
 use crate::report::Reporter;
 use crate::sys::{self, Kind, Stat};
 use crate::walk::Plan;
+use std::collections::HashSet;
 use std::ffi::{CStr, OsStr};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// A directory being copied: open handles on both sides, shared by the tasks of its entries
 /// and of its subdirectories. When the last of them is done the pair is dropped, and its drop
 /// applies the directory's owner, mode and times: after all its contents are in place (so a
 /// 0500 directory can still be filled, and our renames inside it do not bump its mtime),
 /// through the open handle (so no path is resolved, however long).
-struct DirPair<'r> {
+struct DirPair<'e> {
     src: OwnedFd,
     src_path: PathBuf,
     dst: OwnedFd,
@@ -31,16 +33,9 @@ struct DirPair<'r> {
     /// directory of a single-file copy, which is not ours to change.
     meta: Option<Stat>,
     /// Keeps the parent open, and its metadata pending, until this subtree is done.
-    parent: Option<Arc<DirPair<'r>>>,
-    finisher: Finisher<'r>,
+    parent: Option<Arc<DirPair<'e>>>,
+    engine: &'e Engine,
     finished: bool,
-}
-
-/// What a directory needs to finish itself when its last entry is done.
-#[derive(Clone, Copy)]
-struct Finisher<'r> {
-    rep: &'r Reporter,
-    who: Identity,
 }
 
 impl DirPair<'_> {
@@ -57,10 +52,15 @@ impl DirPair<'_> {
         if std::mem::replace(&mut self.finished, true) || crate::signal::received().is_some() {
             return;
         }
-        if let Some(meta) = &self.meta
-            && let Err(e) = self.finisher.who.apply_fd(self.dst.as_fd(), meta)
-        {
-            self.finisher.rep.failed(&meta_error(e, &self.dst_path));
+        if let Some(meta) = &self.meta {
+            let engine = self.engine;
+            match engine
+                .meta
+                .apply_fd(self.src.as_fd(), self.dst.as_fd(), meta)
+            {
+                Ok(applied) => engine.note(applied, self.dst_dev, &self.dst_path),
+                Err(e) => engine.rep.failed(&meta_error(e, &self.dst_path)),
+            }
         }
     }
 }
@@ -79,18 +79,41 @@ impl Drop for DirPair<'_> {
     }
 }
 
-pub struct Engine<'r> {
-    rep: &'r Reporter,
+pub struct Engine {
+    rep: Reporter,
     cache: DeviceCache,
-    who: Identity,
+    meta: Preserver,
+    opts: Options,
+    /// Destination devices already warned about refusing xattrs.
+    xattrs_refused_on: Mutex<HashSet<u64>>,
 }
 
-impl<'r> Engine<'r> {
-    pub fn new(rep: &'r Reporter) -> Self {
+/// The parts of the Config the engine acts on.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub xattrs: bool,
+    pub hard_links: bool,
+    pub reflink: Reflink,
+}
+
+impl Options {
+    pub fn of(cfg: &Config) -> Self {
+        Options {
+            xattrs: cfg.xattrs,
+            hard_links: cfg.hard_links,
+            reflink: cfg.reflink,
+        }
+    }
+}
+
+impl Engine {
+    pub fn new(rep: Reporter, opts: Options) -> Self {
         Engine {
             rep,
             cache: DeviceCache::default(),
-            who: Identity::current(),
+            meta: Preserver::new(opts.xattrs),
+            opts,
+            xattrs_refused_on: Mutex::new(HashSet::new()),
         }
     }
 
@@ -150,7 +173,7 @@ impl<'r> Engine<'r> {
             dst_dev: dst_stat.dev,
             meta: Some(src_stat),
             parent: None,
-            finisher: self.finisher(),
+            engine: self,
             finished: false,
         });
         pool.scope(|scope| self.copy_dir(scope, root, true));
@@ -183,7 +206,7 @@ impl<'r> Engine<'r> {
             dst_dev,
             meta: None,
             parent: None,
-            finisher: self.finisher(),
+            engine: self,
             finished: false,
         };
         let src_name = sys::cstring(src_name)?;
@@ -196,16 +219,30 @@ impl<'r> Engine<'r> {
     /// As non-root, an existing destination directory without owner write and search
     /// permission (a 0500 left by an earlier run) is opened up until the final pass.
     fn make_writable(&self, dir: &OwnedFd, st: &Stat) -> io::Result<()> {
-        if self.who.root || st.perm() & 0o300 == 0o300 {
+        if self.meta.root || st.perm() & 0o300 == 0o300 {
             return Ok(());
         }
         sys::fchmod(dir.as_fd(), st.perm() | 0o700)
     }
 
-    fn finisher(&self) -> Finisher<'r> {
-        Finisher {
-            rep: self.rep,
-            who: self.who,
+    pub fn reporter(&self) -> &Reporter {
+        &self.rep
+    }
+
+    /// Warns once per destination device about what its filesystem refused.
+    fn note(&self, applied: Applied, dst_dev: u64, path: &Path) {
+        if applied.xattrs_unsupported
+            && self
+                .xattrs_refused_on
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(dst_dev)
+        {
+            self.rep.warn(&format!(
+                "the filesystem of {} (device {}) does not support extended attributes; xattrs and ACLs are not copied there",
+                path.display(),
+                sys::dev_name(dst_dev)
+            ));
         }
     }
 
@@ -220,7 +257,7 @@ impl<'r> Engine<'r> {
     /// Lists one source directory and spawns a task per entry. Subdirectories are spawned
     /// first: the worker takes its newest tasks (this directory's files) itself, while idle
     /// workers steal the oldest (the subdirectories) and list them in parallel.
-    fn copy_dir<'s>(&'s self, scope: &rayon::Scope<'s>, dir: Arc<DirPair<'r>>, dst_existed: bool) {
+    fn copy_dir<'s>(&'s self, scope: &rayon::Scope<'s>, dir: Arc<DirPair<'s>>, dst_existed: bool) {
         if crate::signal::received().is_some() {
             return;
         }
@@ -286,7 +323,7 @@ impl<'r> Engine<'r> {
     }
 
     /// Creates (or reuses) the destination directory for `name` and copies its contents.
-    fn enter_dir<'s>(&'s self, scope: &rayon::Scope<'s>, parent: &Arc<DirPair<'r>>, name: &CStr) {
+    fn enter_dir<'s>(&'s self, scope: &rayon::Scope<'s>, parent: &Arc<DirPair<'s>>, name: &CStr) {
         if crate::signal::received().is_some() {
             return;
         }
@@ -301,11 +338,11 @@ impl<'r> Engine<'r> {
 
     /// Opens the source directory `name` and creates or opens its destination. Returns the
     /// pair and whether the destination existed.
-    fn open_dir_pair(
-        &self,
-        parent: &Arc<DirPair<'r>>,
+    fn open_dir_pair<'s>(
+        &'s self,
+        parent: &Arc<DirPair<'s>>,
         name: &CStr,
-    ) -> EntryResult<(DirPair<'r>, bool)> {
+    ) -> EntryResult<(DirPair<'s>, bool)> {
         let src_path = parent.src_path(name);
         let dst_path = parent.dst_path(name);
         let src =
@@ -333,7 +370,7 @@ impl<'r> Engine<'r> {
             dst_dev,
             meta: Some(src_stat),
             parent: Some(Arc::clone(parent)),
-            finisher: self.finisher(),
+            engine: self,
             finished: false,
         };
         Ok((pair, existed))
@@ -381,8 +418,9 @@ impl<'r> Engine<'r> {
             dst_dev: dir.dst_dev,
             src_path,
             dst_path,
+            reflink: self.opts.reflink,
         };
-        let (bytes, method) = copy::copy(&self.cache, &job, self.rep)?;
+        let (bytes, method) = copy::copy(&self.cache, &job, &self.rep)?;
         self.rep.verbose(|| {
             format!(
                 "copied {} -> {}: {bytes} bytes by {}",
@@ -391,9 +429,11 @@ impl<'r> Engine<'r> {
                 method.name()
             )
         });
-        self.who
-            .apply_fd(temp_fd, &st)
+        let applied = self
+            .meta
+            .apply_fd(src.as_fd(), temp_fd, &st)
             .map_err(|e| meta_error(e, dst_path))?;
+        self.note(applied, dir.dst_dev, dst_path);
         self.commit(temp, dst_name, dir, dst_path)?;
         Ok(bytes)
     }
@@ -421,9 +461,16 @@ impl<'r> Engine<'r> {
         let st = sys::lstat_at(dir.src.as_fd(), name).ctx("stat", &src_path)?;
         let target = sys::readlink_at(dir.src.as_fd(), name).ctx("read link", &src_path)?;
         let temp = TempEntry::symlink(dir.dst.as_fd(), &target).ctx("create symlink", &dst_path)?;
-        self.who
-            .apply_symlink(temp.dir(), temp.name(), &st)
+        let applied = self
+            .meta
+            .apply_symlink(
+                Node::At(dir.src.as_fd(), name),
+                temp.dir(),
+                temp.name(),
+                &st,
+            )
             .map_err(|e| meta_error(e, &dst_path))?;
+        self.note(applied, dir.dst_dev, &dst_path);
         self.commit(temp, name, dir, &dst_path)?;
         self.rep.done_symlink();
         Ok(())
@@ -435,9 +482,16 @@ impl<'r> Engine<'r> {
         let dst_path = dir.dst_path(name);
         let st = sys::lstat_at(dir.src.as_fd(), name).ctx("stat", &src_path)?;
         let temp = TempEntry::node(dir.dst.as_fd(), st.mode, st.rdev).ctx("mknod", &dst_path)?;
-        self.who
-            .apply_node(temp.dir(), temp.name(), &st)
+        let applied = self
+            .meta
+            .apply_node(
+                Node::At(dir.src.as_fd(), name),
+                temp.dir(),
+                temp.name(),
+                &st,
+            )
             .map_err(|e| meta_error(e, &dst_path))?;
+        self.note(applied, dir.dst_dev, &dst_path);
         self.commit(temp, name, dir, &dst_path)?;
         self.rep.done_special();
         Ok(())

@@ -86,9 +86,9 @@ pub fn run(cfg: &Config) -> anyhow::Result<Summary> {
         progress::start(display, Arc::clone(&counters)),
         cfg.verbose,
     );
-    let engine = driver::Engine::new(&rep);
+    let engine = driver::Engine::new(rep, driver::Options::of(cfg));
     let outcome = engine.run(&plan, &pool);
-    rep.finish();
+    engine.reporter().finish();
     outcome?;
 
     let get = Counters::get;

@@ -1,10 +1,13 @@
-//! Ownership, permissions and timestamps of a copied entry, in the order that keeps them:
-//! owner first (chown clears setuid/setgid), then mode, then times last.
+//! Ownership, extended attributes (POSIX ACLs among them), permissions and timestamps of a
+//! copied entry, in the order that keeps them: owner first (chown clears setuid/setgid and
+//! security.capability), then xattrs, then mode, then times last.
 
 use crate::sys::{self, Stat};
-use std::ffi::CStr;
+use std::ffi::{CStr, OsStr};
 use std::io;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 
 /// Which metadata step failed.
 pub struct MetaError {
@@ -16,19 +19,87 @@ fn step<T>(op: &'static str, r: io::Result<T>) -> Result<T, MetaError> {
     r.map_err(|source| MetaError { op, source })
 }
 
-/// Who we are, decided once per run: root reproduces any owner; others keep what the kernel
-/// allows, as `cp -a` does.
-#[derive(Debug, Clone, Copy)]
-pub struct Identity {
-    pub root: bool,
-    pub euid: u32,
+/// What applying metadata could not do without it being a failure of the entry.
+#[derive(Debug, Default, Clone, Copy)]
+#[must_use]
+pub struct Applied {
+    /// The destination filesystem refused extended attributes (EOPNOTSUPP).
+    pub xattrs_unsupported: bool,
 }
 
-impl Identity {
-    pub fn current() -> Self {
-        Identity {
+/// An entry whose metadata is read or written: an open descriptor, or a name in an open
+/// directory (symlinks and special files, which are never opened).
+#[derive(Clone, Copy)]
+pub enum Node<'a> {
+    Fd(BorrowedFd<'a>),
+    At(BorrowedFd<'a>, &'a CStr),
+}
+
+/// xattr's descriptor calls want a type that is AsRawFd; a borrowed descriptor is one.
+struct FdRef<'a>(BorrowedFd<'a>);
+
+impl AsRawFd for FdRef<'_> {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl xattr::FileExt for FdRef<'_> {}
+
+impl Node<'_> {
+    /// A path for the l*xattr calls that stays short however deep the entry is: the
+    /// directory's handle through /proc, then the name, whose final symlink is not followed.
+    fn proc_path(dir: BorrowedFd<'_>, name: &CStr) -> PathBuf {
+        let mut path = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+        path.push(OsStr::from_bytes(name.to_bytes()));
+        path
+    }
+
+    fn list_xattrs(&self) -> io::Result<Vec<std::ffi::OsString>> {
+        use xattr::FileExt;
+        let names = match *self {
+            Node::Fd(fd) => FdRef(fd).list_xattr()?,
+            Node::At(dir, name) => xattr::list(Self::proc_path(dir, name))?,
+        };
+        Ok(names.collect())
+    }
+
+    fn get_xattr(&self, attr: &OsStr) -> io::Result<Option<Vec<u8>>> {
+        use xattr::FileExt;
+        match *self {
+            Node::Fd(fd) => FdRef(fd).get_xattr(attr),
+            Node::At(dir, name) => xattr::get(Self::proc_path(dir, name), attr),
+        }
+    }
+
+    fn set_xattr(&self, attr: &OsStr, value: &[u8]) -> io::Result<()> {
+        use xattr::FileExt;
+        match *self {
+            Node::Fd(fd) => FdRef(fd).set_xattr(attr, value),
+            Node::At(dir, name) => xattr::set(Self::proc_path(dir, name), attr, value),
+        }
+    }
+}
+
+fn errno_is(e: &io::Error, codes: &[i32]) -> bool {
+    e.raw_os_error().is_some_and(|c| codes.contains(&c))
+}
+
+/// How metadata is reproduced in this run: who we are (root reproduces any owner; others
+/// keep what the kernel allows, as `cp -a` does) and whether xattrs are copied.
+#[derive(Debug, Clone, Copy)]
+pub struct Preserver {
+    pub root: bool,
+    pub euid: u32,
+    pub xattrs: bool,
+}
+
+impl Preserver {
+    pub fn new(xattrs: bool) -> Self {
+        Preserver {
             root: sys::is_root(),
             euid: nix::unistd::geteuid().as_raw(),
+            xattrs,
         }
     }
 
@@ -40,7 +111,7 @@ impl Identity {
         st: &Stat,
         chown: impl Fn(Option<u32>, Option<u32>) -> io::Result<()>,
     ) -> Result<u32, MetaError> {
-        let refused = |e: &io::Error| matches!(e.raw_os_error(), Some(libc::EPERM | libc::EINVAL));
+        let refused = |e: &io::Error| errno_is(e, &[libc::EPERM, libc::EINVAL]);
         let (uid_kept, gid_kept) = if self.root {
             match chown(Some(st.uid), Some(st.gid)) {
                 Ok(()) => (true, true),
@@ -76,28 +147,98 @@ impl Identity {
         Ok(perm)
     }
 
-    /// Owner, mode and times of an open file or directory.
-    pub fn apply_fd(&self, fd: BorrowedFd<'_>, st: &Stat) -> Result<(), MetaError> {
-        let perm = self.set_owner(st, |u, g| sys::fchown(fd, u, g))?;
-        step("chmod", sys::fchmod(fd, perm))?;
-        step("set times", sys::futimens(fd, st.atime, st.mtime))
+    /// Copies every extended attribute `src` has to `dst`: user.*, and, where the kernel lets
+    /// us read and write them (root), trusted.* and security.*; POSIX ACLs travel as
+    /// system.posix_acl_access and system.posix_acl_default.
+    fn copy_xattrs(&self, src: Node<'_>, dst: Node<'_>) -> Result<Applied, MetaError> {
+        let mut applied = Applied::default();
+        if !self.xattrs {
+            return Ok(applied);
+        }
+        let names = match src.list_xattrs() {
+            Ok(names) => names,
+            // A source filesystem without xattrs has none to copy.
+            Err(e) if errno_is(&e, &[libc::EOPNOTSUPP]) => return Ok(applied),
+            Err(e) => {
+                return Err(MetaError {
+                    op: "list xattrs of",
+                    source: e,
+                });
+            }
+        };
+        // Attributes an unprivileged user may not read or write (trusted.*, some security.*)
+        // are skipped, as cp -a skips them.
+        let privileged = |e: &io::Error| !self.root && errno_is(e, &[libc::EPERM, libc::EACCES]);
+        for attr in names {
+            let value = match src.get_xattr(&attr) {
+                Ok(Some(value)) => value,
+                Ok(None) => continue,
+                Err(e) if privileged(&e) => continue,
+                Err(e) => {
+                    return Err(MetaError {
+                        op: "read xattr of",
+                        source: e,
+                    });
+                }
+            };
+            match dst.set_xattr(&attr, &value) {
+                Ok(()) => {}
+                Err(e) if errno_is(&e, &[libc::EOPNOTSUPP]) => {
+                    applied.xattrs_unsupported = true;
+                    return Ok(applied);
+                }
+                Err(e) if privileged(&e) => {}
+                Err(e) => {
+                    return Err(MetaError {
+                        op: "set xattr on",
+                        source: e,
+                    });
+                }
+            }
+        }
+        Ok(applied)
     }
 
-    /// Owner and times of a symlink (a symlink's mode is not settable on Linux).
+    /// Owner, xattrs, mode and times of an open file or directory; `src` is the open source.
+    pub fn apply_fd(
+        &self,
+        src: BorrowedFd<'_>,
+        fd: BorrowedFd<'_>,
+        st: &Stat,
+    ) -> Result<Applied, MetaError> {
+        let perm = self.set_owner(st, |u, g| sys::fchown(fd, u, g))?;
+        let applied = self.copy_xattrs(Node::Fd(src), Node::Fd(fd))?;
+        step("chmod", sys::fchmod(fd, perm))?;
+        step("set times", sys::futimens(fd, st.atime, st.mtime))?;
+        Ok(applied)
+    }
+
+    /// Owner, xattrs and times of a symlink (a symlink's mode is not settable on Linux).
     pub fn apply_symlink(
         &self,
+        src: Node<'_>,
         dir: BorrowedFd<'_>,
         name: &CStr,
         st: &Stat,
-    ) -> Result<(), MetaError> {
+    ) -> Result<Applied, MetaError> {
         self.set_owner(st, |u, g| sys::lchown_at(dir, name, u, g))?;
-        step("set times", sys::lutimens_at(dir, name, st.atime, st.mtime))
+        let applied = self.copy_xattrs(src, Node::At(dir, name))?;
+        step("set times", sys::lutimens_at(dir, name, st.atime, st.mtime))?;
+        Ok(applied)
     }
 
-    /// Owner, mode and times of a FIFO, socket or device node, without opening it.
-    pub fn apply_node(&self, dir: BorrowedFd<'_>, name: &CStr, st: &Stat) -> Result<(), MetaError> {
+    /// Owner, xattrs, mode and times of a FIFO, socket or device node, without opening it.
+    pub fn apply_node(
+        &self,
+        src: Node<'_>,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        st: &Stat,
+    ) -> Result<Applied, MetaError> {
         let perm = self.set_owner(st, |u, g| sys::lchown_at(dir, name, u, g))?;
+        let applied = self.copy_xattrs(src, Node::At(dir, name))?;
         step("chmod", sys::chmod_at(dir, name, perm))?;
-        step("set times", sys::lutimens_at(dir, name, st.atime, st.mtime))
+        step("set times", sys::lutimens_at(dir, name, st.atime, st.mtime))?;
+        Ok(applied)
     }
 }

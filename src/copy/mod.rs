@@ -4,6 +4,7 @@
 
 pub mod decide;
 
+use crate::config::Reflink;
 use crate::error::{EntryError, EntryResult};
 use crate::report::Reporter;
 use crate::sys;
@@ -26,6 +27,8 @@ const BUFFER: usize = 1 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
+    /// FICLONE: the whole file as shared extents (--reflink=always).
+    Clone,
     CopyFileRange,
     Sendfile,
     ReadWrite,
@@ -34,6 +37,7 @@ pub enum Method {
 impl Method {
     pub fn name(self) -> &'static str {
         match self {
+            Method::Clone => "clone",
             Method::CopyFileRange => "copy_file_range",
             Method::Sendfile => "sendfile",
             Method::ReadWrite => "read/write",
@@ -124,6 +128,7 @@ pub struct Job<'a> {
     pub dst_dev: u64,
     pub src_path: &'a Path,
     pub dst_path: &'a Path,
+    pub reflink: Reflink,
 }
 
 impl Job<'_> {
@@ -152,7 +157,12 @@ enum Stage {
 /// Copies the whole file, returning the byte count and the method that did it.
 pub fn copy(cache: &DeviceCache, job: &Job<'_>, rep: &Reporter) -> EntryResult<(u64, Method)> {
     let mut copied = 0;
-    let mut method = if job.size == 0 {
+    let mut method = if job.reflink == Reflink::Always {
+        return clone(job, rep);
+    } else if job.reflink == Reflink::Never {
+        // copy_file_range clones wherever the filesystem can, and cannot be told not to.
+        Method::Sendfile
+    } else if job.size == 0 {
         // Empty or a pseudo-file: one read tells which, no probe needed.
         Method::ReadWrite
     } else {
@@ -166,6 +176,7 @@ pub fn copy(cache: &DeviceCache, job: &Job<'_>, rep: &Reporter) -> EntryResult<(
     };
     loop {
         let stage = match method {
+            Method::Clone => return clone(job, rep),
             Method::CopyFileRange => copy_file_range(job, rep, &mut copied, None)?,
             Method::Sendfile => sendfile(job, rep, &mut copied)?,
             Method::ReadWrite => {
@@ -178,6 +189,15 @@ pub fn copy(cache: &DeviceCache, job: &Job<'_>, rep: &Reporter) -> EntryResult<(
             Stage::Next(next) => method = next,
         }
     }
+}
+
+/// Clones the whole file or fails it: --reflink=always promises shared extents.
+fn clone(job: &Job<'_>, rep: &Reporter) -> EntryResult<(u64, Method)> {
+    interrupted(job)?;
+    sys::ficlone(job.dst, job.src)
+        .map_err(|e| EntryError::between("clone", job.src_path, job.dst_path, e))?;
+    rep.copied_bytes(job.size);
+    Ok((job.size, Method::Clone))
 }
 
 fn interrupted(job: &Job<'_>) -> EntryResult<()> {
