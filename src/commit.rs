@@ -77,6 +77,11 @@ impl<'d> TempEntry<'d> {
         })
     }
 
+    /// A new name for the existing file at `existing` (a hard link).
+    pub fn hard_link(dir: BorrowedFd<'d>, existing: &std::path::Path) -> io::Result<Self> {
+        Self::create_with(dir, |name| sys::link_at(existing, dir, name).map(|()| None))
+    }
+
     /// A FIFO, socket or device node with the type bits of `mode`.
     pub fn node(dir: BorrowedFd<'d>, mode: u32, rdev: u64) -> io::Result<Self> {
         Self::create_with(dir, |name| {

@@ -6,6 +6,7 @@ use crate::commit::{CommitError, TempEntry, remove_stale};
 use crate::config::{Config, Reflink};
 use crate::copy::{self, DeviceCache};
 use crate::error::{Context, EntryError, EntryResult};
+use crate::links::{Claim, HardLinks};
 use crate::meta::{Applied, MetaError, Node, Preserver};
 use crate::report::Reporter;
 use crate::sys::{self, Kind, Stat};
@@ -83,6 +84,7 @@ pub struct Engine {
     rep: Reporter,
     cache: DeviceCache,
     meta: Preserver,
+    links: HardLinks,
     opts: Options,
     /// Destination devices already warned about refusing xattrs.
     xattrs_refused_on: Mutex<HashSet<u64>>,
@@ -112,6 +114,7 @@ impl Engine {
             rep,
             cache: DeviceCache::default(),
             meta: Preserver::new(opts.xattrs),
+            links: HardLinks::default(),
             opts,
             xattrs_refused_on: Mutex::new(HashSet::new()),
         }
@@ -382,7 +385,8 @@ impl Engine {
         let src_path = dir.src_path(src_name);
         let dst_path = dir.dst_path(dst_name);
         match self.copy_file(dir, src_name, dst_name, &src_path, &dst_path) {
-            Ok(bytes) => self.rep.done_file(bytes),
+            Ok(FileOutcome::Copied(bytes)) => self.rep.done_file(bytes),
+            Ok(FileOutcome::Linked) => self.rep.done_hardlink(),
             Err(err) => self.report(Err(err)),
         }
     }
@@ -394,7 +398,7 @@ impl Engine {
         dst_name: &CStr,
         src_path: &Path,
         dst_path: &Path,
-    ) -> EntryResult<u64> {
+    ) -> EntryResult<FileOutcome> {
         let src = sys::open_source(dir.src.as_fd(), src_name).ctx("open", src_path)?;
         let st = sys::fstat(src.as_fd()).ctx("stat", src_path)?;
         if st.kind() != Kind::File {
@@ -405,6 +409,28 @@ impl Engine {
                 io::Error::other("changed type during the copy; not a regular file"),
             ));
         }
+        let first = match self.opts.hard_links && st.nlink > 1 {
+            false => None,
+            true => match self.links.claim((st.dev, st.ino), st.nlink) {
+                Claim::First(first) => Some(first),
+                Claim::LinkTo(existing) => {
+                    drop(src);
+                    return self
+                        .link_file(dir, dst_name, &existing, dst_path)
+                        .map(|()| FileOutcome::Linked);
+                }
+                Claim::FirstFailed if crate::signal::received().is_some() => {
+                    return Err(EntryError::interrupted(dst_path));
+                }
+                Claim::FirstFailed => {
+                    return Err(EntryError::new(
+                        "hard link",
+                        dst_path,
+                        io::Error::other("the first name of this hard-linked file was not copied"),
+                    ));
+                }
+            },
+        };
         self.rep.found_bytes(st.size);
         let temp = TempEntry::file(dir.dst.as_fd()).ctx("create temp file for", dst_path)?;
         let temp_fd = temp.fd().expect("a temp file is open");
@@ -435,7 +461,30 @@ impl Engine {
             .map_err(|e| meta_error(e, dst_path))?;
         self.note(applied, dir.dst_dev, dst_path);
         self.commit(temp, dst_name, dir, dst_path)?;
-        Ok(bytes)
+        if let Some(first) = first {
+            first.committed(dst_path);
+        }
+        Ok(FileOutcome::Copied(bytes))
+    }
+
+    /// Gives `dst_name` the inode already committed at `existing`, atomically replacing what
+    /// was there; nothing to do if it is already that inode (a run over a complete copy).
+    fn link_file(
+        &self,
+        dir: &DirPair,
+        dst_name: &CStr,
+        existing: &Path,
+        dst_path: &Path,
+    ) -> EntryResult<()> {
+        if let (Ok(target), Ok(current)) = (
+            sys::lstat_path(existing),
+            sys::lstat_at(dir.dst.as_fd(), dst_name),
+        ) && (target.dev, target.ino) == (current.dev, current.ino)
+        {
+            return Ok(());
+        }
+        let temp = TempEntry::hard_link(dir.dst.as_fd(), existing).ctx("link", dst_path)?;
+        self.commit(temp, dst_name, dir, dst_path)
     }
 
     fn commit(
@@ -496,6 +545,14 @@ impl Engine {
         self.rep.done_special();
         Ok(())
     }
+}
+
+/// How a regular file's name was produced.
+enum FileOutcome {
+    /// Data copied, this many bytes.
+    Copied(u64),
+    /// Linked to an earlier name of the same source inode.
+    Linked,
 }
 
 fn meta_error(e: MetaError, path: &Path) -> EntryError {

@@ -7,6 +7,7 @@ pub mod config;
 pub mod copy;
 pub mod driver;
 pub mod error;
+pub mod links;
 pub mod meta;
 pub mod progress;
 pub mod report;
@@ -28,6 +29,8 @@ pub struct Summary {
     pub dirs: u64,
     pub symlinks: u64,
     pub specials: u64,
+    /// Names linked to an already copied file (hard links).
+    pub hardlinks: u64,
     pub bytes: u64,
     pub failed: u64,
     pub elapsed: Duration,
@@ -50,8 +53,14 @@ impl Summary {
         let secs = self.elapsed.as_secs_f64();
         let rate = self.bytes as f64 / secs.max(1e-6) / (1024.0 * 1024.0);
         let mut line = format!(
-            "summary files={} dirs={} symlinks={} specials={} bytes={} failed={} elapsed={secs:.3}s rate={rate:.1}MiB/s",
-            self.files, self.dirs, self.symlinks, self.specials, self.bytes, self.failed
+            "summary files={} dirs={} symlinks={} specials={} hardlinks={} bytes={} failed={} elapsed={secs:.3}s rate={rate:.1}MiB/s",
+            self.files,
+            self.dirs,
+            self.symlinks,
+            self.specials,
+            self.hardlinks,
+            self.bytes,
+            self.failed
         );
         if let Some(sig) = self.interrupted {
             line.push_str(&format!(" interrupted=signal{sig}"));
@@ -97,6 +106,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<Summary> {
         dirs: get(&counters.dirs),
         symlinks: get(&counters.symlinks),
         specials: get(&counters.specials),
+        hardlinks: get(&counters.hardlinks),
         bytes: get(&counters.committed_bytes),
         failed: get(&counters.failed),
         elapsed: started.elapsed(),

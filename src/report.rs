@@ -17,6 +17,7 @@ pub struct Counters {
     pub dirs: AtomicU64,
     pub symlinks: AtomicU64,
     pub specials: AtomicU64,
+    pub hardlinks: AtomicU64,
     /// Bytes written so far, including files still being copied or that will fail.
     pub bytes: AtomicU64,
     /// Bytes of the files committed under their final names: what the summary reports.
@@ -31,10 +32,16 @@ impl Counters {
 
     /// Entries finished, copied or failed, for "files done of found".
     pub fn entries_done(&self) -> u64 {
-        [&self.files, &self.symlinks, &self.specials, &self.failed]
-            .iter()
-            .map(|c| Self::get(c))
-            .sum()
+        [
+            &self.files,
+            &self.symlinks,
+            &self.specials,
+            &self.hardlinks,
+            &self.failed,
+        ]
+        .iter()
+        .map(|c| Self::get(c))
+        .sum()
     }
 
     fn add(counter: &AtomicU64, n: u64) {
@@ -111,6 +118,10 @@ impl Reporter {
 
     pub fn done_symlink(&self) {
         Counters::add(&self.counters.symlinks, 1);
+    }
+
+    pub fn done_hardlink(&self) {
+        Counters::add(&self.counters.hardlinks, 1);
     }
 
     pub fn done_special(&self) {

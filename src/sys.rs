@@ -374,3 +374,15 @@ pub fn ficlone(dst: BorrowedFd<'_>, src: BorrowedFd<'_>) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// Makes `name` in `dir` a new name of the existing file at `existing` (never following a
+/// final symlink there).
+pub fn link_at(existing: &Path, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    Ok(nix::unistd::linkat(
+        at_cwd(),
+        existing,
+        dir,
+        name,
+        AtFlags::empty(),
+    )?)
+}

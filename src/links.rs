@@ -1,0 +1,166 @@
+//! Hard links: names that share an inode in SRC share one in DST. The first name of a group to
+//! be reached is copied and committed like any file; every other name waits for that commit
+//! and is then linked to it. If the first name fails, the others fail too, by name, rather
+//! than silently becoming separate copies.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
+
+/// The source inode of a group: (st_dev, st_ino).
+pub type InodeKey = (u64, u64);
+
+enum State {
+    /// The first name is being copied.
+    Copying,
+    /// The first name is committed at this destination path; `left` more names are expected.
+    Committed {
+        path: PathBuf,
+        left: u64,
+    },
+    Failed {
+        left: u64,
+    },
+}
+
+/// What a name of a hard-linked file does.
+pub enum Claim<'a> {
+    /// Copy it, then call `First::committed`.
+    First(First<'a>),
+    /// Link it to this already committed destination path.
+    LinkTo(PathBuf),
+    /// The group's first name could not be copied.
+    FirstFailed,
+}
+
+/// The groups of hard-linked source files reached so far. Only files with st_nlink > 1 enter,
+/// and a group is forgotten once all its names were seen, so memory follows the links that
+/// are still open, not the tree.
+#[derive(Default)]
+pub struct HardLinks {
+    groups: Mutex<HashMap<InodeKey, State>>,
+    settled: Condvar,
+}
+
+impl HardLinks {
+    /// Claims a name of the group `key`, whose inode has `nlink` names. Blocks while the first
+    /// name is being copied: that copy is already running on another worker and needs nothing
+    /// from this one, so waiting cannot deadlock.
+    pub fn claim(&self, key: InodeKey, nlink: u64) -> Claim<'_> {
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            match groups.get_mut(&key) {
+                None => {
+                    groups.insert(key, State::Copying);
+                    return Claim::First(First {
+                        links: self,
+                        key,
+                        nlink,
+                        done: false,
+                    });
+                }
+                Some(State::Copying) => {
+                    groups = self.settled.wait(groups).unwrap_or_else(|e| e.into_inner());
+                }
+                Some(State::Committed { path, left }) => {
+                    let claim = Claim::LinkTo(path.clone());
+                    *left = left.saturating_sub(1);
+                    if *left == 0 {
+                        groups.remove(&key);
+                    }
+                    return claim;
+                }
+                Some(State::Failed { left }) => {
+                    *left = left.saturating_sub(1);
+                    if *left == 0 {
+                        groups.remove(&key);
+                    }
+                    return Claim::FirstFailed;
+                }
+            }
+        }
+    }
+}
+
+/// The duty of copying a group's first name. Dropped without `committed`, the group fails.
+pub struct First<'a> {
+    links: &'a HardLinks,
+    key: InodeKey,
+    nlink: u64,
+    done: bool,
+}
+
+impl First<'_> {
+    pub fn committed(mut self, path: &Path) {
+        self.settle(Some(path));
+    }
+
+    fn settle(&mut self, path: Option<&Path>) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let left = self.nlink.saturating_sub(1);
+        let mut groups = self.links.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let state = match path {
+            Some(path) => State::Committed {
+                path: path.to_path_buf(),
+                left,
+            },
+            None => State::Failed { left },
+        };
+        groups.insert(self.key, state);
+        self.links.settled.notify_all();
+    }
+}
+
+impl Drop for First<'_> {
+    fn drop(&mut self) {
+        self.settle(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_names_link_to_the_first_and_the_group_is_forgotten() {
+        let links = HardLinks::default();
+        let Claim::First(first) = links.claim((1, 7), 3) else {
+            panic!("the first name must be copied");
+        };
+        first.committed(Path::new("/d/a"));
+        for _ in 0..2 {
+            match links.claim((1, 7), 3) {
+                Claim::LinkTo(path) => assert_eq!(path, Path::new("/d/a")),
+                _ => panic!("later names link"),
+            }
+        }
+        assert!(links.groups.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_failed_first_name_fails_the_others() {
+        let links = HardLinks::default();
+        match links.claim((1, 8), 2) {
+            Claim::First(first) => drop(first),
+            _ => panic!("the first name must be copied"),
+        }
+        assert!(matches!(links.claim((1, 8), 2), Claim::FirstFailed));
+        assert!(links.groups.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_waiting_name_is_released_by_the_commit() {
+        let links = HardLinks::default();
+        let Claim::First(first) = links.claim((2, 9), 2) else {
+            panic!("the first name must be copied");
+        };
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| matches!(links.claim((2, 9), 2), Claim::LinkTo(_)));
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            first.committed(Path::new("/d/x"));
+            assert!(waiter.join().unwrap());
+        });
+    }
+}
