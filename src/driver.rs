@@ -440,6 +440,7 @@ impl Engine {
             src: src.as_fd(),
             dst: temp_fd,
             size: st.size,
+            blocks: st.blocks,
             src_dev: st.dev,
             dst_dev: dir.dst_dev,
             src_path,

@@ -22,6 +22,8 @@ pub struct Stat {
     pub gid: u32,
     pub rdev: u64,
     pub size: u64,
+    /// Allocated 512-byte blocks.
+    pub blocks: u64,
     pub atime: (i64, i64),
     pub mtime: (i64, i64),
 }
@@ -37,6 +39,7 @@ impl Stat {
             gid: st.st_gid,
             rdev: st.st_rdev,
             size: st.st_size as u64,
+            blocks: st.st_blocks as u64,
             atime: (st.st_atime, st.st_atime_nsec),
             mtime: (st.st_mtime, st.st_mtime_nsec),
         }
@@ -385,4 +388,30 @@ pub fn link_at(existing: &Path, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<
         name,
         AtFlags::empty(),
     )?)
+}
+
+/// The next data extent at or after `offset` in a file of `size` bytes, as (start, end), or
+/// None when only a hole remains. Filesystems without hole tracking report all data.
+pub fn next_data(fd: BorrowedFd<'_>, offset: u64, size: u64) -> io::Result<Option<(u64, u64)>> {
+    use nix::unistd::{Whence, lseek};
+    let start = match lseek(fd, offset as i64, Whence::SeekData) {
+        Ok(start) => start as u64,
+        Err(Errno::ENXIO) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let end = match lseek(fd, start as i64, Whence::SeekHole) {
+        Ok(end) => (end as u64).min(size),
+        Err(Errno::ENXIO) => size,
+        Err(e) => return Err(e.into()),
+    };
+    Ok((start < end).then_some((start, end)))
+}
+
+pub fn seek_to(fd: BorrowedFd<'_>, offset: u64) -> io::Result<()> {
+    nix::unistd::lseek(fd, offset as i64, nix::unistd::Whence::SeekSet)?;
+    Ok(())
+}
+
+pub fn set_len(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+    Ok(nix::unistd::ftruncate(fd, len as i64)?)
 }

@@ -124,6 +124,8 @@ pub struct Job<'a> {
     pub dst: BorrowedFd<'a>,
     /// st_size of the source; 0 and 4096 are not trusted (procfs, sysfs).
     pub size: u64,
+    /// st_blocks of the source (512-byte units): fewer than the size needs means holes.
+    pub blocks: u64,
     pub src_dev: u64,
     pub dst_dev: u64,
     pub src_path: &'a Path,
@@ -132,10 +134,15 @@ pub struct Job<'a> {
 }
 
 impl Job<'_> {
-    /// Whether `copied` bytes complete the file. Pseudo-filesystems report st_size 0 or one
-    /// page whatever they hold, so for those sizes only a 0 return ends the copy.
-    fn complete(&self, copied: u64) -> bool {
-        copied >= self.size && self.size != 0 && self.size != 4096
+    /// Whether st_size can be believed. Pseudo-filesystems report 0 or one page whatever a
+    /// file holds, so for those sizes only a 0 return ends the copy.
+    fn size_trusted(&self) -> bool {
+        self.size != 0 && self.size != 4096
+    }
+
+    /// A file with holes: fewer blocks allocated than its size needs.
+    fn sparse(&self) -> bool {
+        self.size_trusted() && self.blocks.saturating_mul(512) < self.size
     }
 
     fn copy_error(&self, errno: Errno) -> EntryError {
@@ -147,47 +154,249 @@ thread_local! {
     static BUFFER_OF_WORKER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// What one stage of the copy ended with.
+/// What one method's loop ended with.
 enum Stage {
     Finished,
     /// Go on with this method; nothing of the file was copied yet.
     Next(Method),
 }
 
+/// A stretch of the file to copy from the current offsets of both descriptors.
+struct Span {
+    /// Bytes to copy; None: until a call returns 0 (pseudo-files).
+    want: Option<u64>,
+    done: u64,
+}
+
+impl Span {
+    fn complete(&self) -> bool {
+        self.want.is_some_and(|want| self.done >= want)
+    }
+
+    /// The next request's length: a chunk, or what is left of the span.
+    fn request(&self, chunk: usize) -> usize {
+        match self.want {
+            Some(want) => (want - self.done).min(chunk as u64) as usize,
+            None => chunk,
+        }
+    }
+}
+
+/// One file's copy in progress: the method in use, the right to decide the device pair's
+/// method if we hold it, and the bytes of the file copied so far (which decide whether a
+/// fallback is still allowed).
+struct Copy<'c, 'j> {
+    job: &'j Job<'j>,
+    rep: &'j Reporter,
+    method: Method,
+    probe: Option<Probe<'c>>,
+    copied: u64,
+}
+
 /// Copies the whole file, returning the byte count and the method that did it.
 pub fn copy(cache: &DeviceCache, job: &Job<'_>, rep: &Reporter) -> EntryResult<(u64, Method)> {
-    let mut copied = 0;
-    let mut method = if job.reflink == Reflink::Always {
-        return clone(job, rep);
-    } else if job.reflink == Reflink::Never {
+    let (method, probe) = match job.reflink {
+        Reflink::Always => return clone(job, rep),
         // copy_file_range clones wherever the filesystem can, and cannot be told not to.
-        Method::Sendfile
-    } else if job.size == 0 {
+        Reflink::Never => (Method::Sendfile, None),
         // Empty or a pseudo-file: one read tells which, no probe needed.
-        Method::ReadWrite
-    } else {
-        match cache.start((job.src_dev, job.dst_dev)) {
-            Start::Known(method) => method,
-            Start::Probe(probe) => match copy_file_range(job, rep, &mut copied, Some(probe))? {
-                Stage::Finished => return Ok((copied, Method::CopyFileRange)),
-                Stage::Next(next) => next,
-            },
-        }
+        Reflink::Auto if job.size == 0 => (Method::ReadWrite, None),
+        Reflink::Auto => match cache.start((job.src_dev, job.dst_dev)) {
+            Start::Known(method) => (method, None),
+            Start::Probe(probe) => (Method::CopyFileRange, Some(probe)),
+        },
     };
-    loop {
-        let stage = match method {
-            Method::Clone => return clone(job, rep),
-            Method::CopyFileRange => copy_file_range(job, rep, &mut copied, None)?,
-            Method::Sendfile => sendfile(job, rep, &mut copied)?,
-            Method::ReadWrite => {
-                read_write(job, rep, &mut copied)?;
-                Stage::Finished
-            }
-        };
-        match stage {
-            Stage::Finished => return Ok((copied, method)),
-            Stage::Next(next) => method = next,
+    let mut run = Copy {
+        job,
+        rep,
+        method,
+        probe,
+        copied: 0,
+    };
+    if job.sparse() {
+        run.copy_data_extents()?;
+    } else {
+        let want = job.size_trusted().then_some(job.size);
+        run.copy_span(Span { want, done: 0 })?;
+    }
+    Ok((run.copied, run.method))
+}
+
+impl Copy<'_, '_> {
+    /// Copies only the data extents of a sparse source, at their offsets, then sets the size:
+    /// holes stay holes whichever method moves the data.
+    fn copy_data_extents(&mut self) -> EntryResult<()> {
+        let job = self.job;
+        let mut offset = 0;
+        while offset < job.size {
+            let Some((start, end)) = sys::next_data(job.src, offset, job.size)
+                .map_err(|e| EntryError::new("seek", job.src_path, e))?
+            else {
+                break;
+            };
+            sys::seek_to(job.src, start).map_err(|e| EntryError::new("seek", job.src_path, e))?;
+            sys::seek_to(job.dst, start).map_err(|e| EntryError::new("seek", job.dst_path, e))?;
+            self.copy_span(Span {
+                want: Some(end - start),
+                done: 0,
+            })?;
+            offset = end;
         }
+        sys::set_len(job.dst, job.size).map_err(|e| EntryError::new("truncate", job.dst_path, e))
+    }
+
+    /// Copies one span with the current method, falling back as the table says.
+    fn copy_span(&mut self, mut span: Span) -> EntryResult<()> {
+        loop {
+            let stage = match self.method {
+                Method::Clone => unreachable!("clones are whole-file and handled before"),
+                Method::CopyFileRange => self.copy_file_range(&mut span)?,
+                Method::Sendfile => self.sendfile(&mut span)?,
+                Method::ReadWrite => self.read_write(&mut span)?,
+            };
+            match stage {
+                Stage::Finished => return Ok(()),
+                Stage::Next(next) => self.method = next,
+            }
+        }
+    }
+
+    fn advanced(&mut self, span: &mut Span, n: usize) {
+        self.copied += n as u64;
+        span.done += n as u64;
+        self.rep.copied_bytes(n as u64);
+    }
+
+    fn copy_file_range(&mut self, span: &mut Span) -> EntryResult<Stage> {
+        let job = self.job;
+        let pair = || {
+            format!(
+                "({} -> {})",
+                sys::dev_name(job.src_dev),
+                sys::dev_name(job.dst_dev)
+            )
+        };
+        loop {
+            interrupted(job)?;
+            if span.complete() {
+                return Ok(Stage::Finished);
+            }
+            let chunk = if self.probe.is_some() {
+                PROBE_CHUNK
+            } else {
+                CHUNK
+            };
+            let event = match sys::copy_file_range(job.src, job.dst, span.request(chunk)) {
+                Ok(0) => Event::Zero,
+                Ok(n) => {
+                    self.advanced(span, n);
+                    if let Some(probe) = self.probe.take() {
+                        probe.settle(Method::CopyFileRange);
+                        self.rep.verbose(|| {
+                            format!("decision for device pair {}: copy_file_range", pair())
+                        });
+                    }
+                    continue;
+                }
+                Err(errno) => Event::Error(errno),
+            };
+            match decide(event, self.copied) {
+                Decision::Retry => continue,
+                Decision::Done => return Ok(Stage::Finished),
+                Decision::Fail => return Err(job.copy_error(errno_of(event))),
+                Decision::FallBackForPair if self.probe.is_some() => {
+                    if let Some(probe) = self.probe.take() {
+                        probe.settle(Method::Sendfile);
+                    }
+                    self.rep.verbose(|| {
+                        format!(
+                            "decision for device pair {}: sendfile (copy_file_range: {})",
+                            pair(),
+                            describe(event)
+                        )
+                    });
+                    return Ok(Stage::Next(Method::Sendfile));
+                }
+                Decision::FallBackForPair | Decision::FallBackForFile => {
+                    // Inconclusive for the pair: give the probe back so another file decides.
+                    self.probe.take();
+                    self.rep.verbose(|| {
+                        format!(
+                            "fallback for {}: copy_file_range {}, using sendfile for this file",
+                            job.src_path.display(),
+                            describe(event)
+                        )
+                    });
+                    return Ok(Stage::Next(Method::Sendfile));
+                }
+            }
+        }
+    }
+
+    fn sendfile(&mut self, span: &mut Span) -> EntryResult<Stage> {
+        let job = self.job;
+        loop {
+            interrupted(job)?;
+            if span.complete() {
+                return Ok(Stage::Finished);
+            }
+            let event = match sys::sendfile(job.dst, job.src, span.request(CHUNK)) {
+                Ok(0) => Event::Zero,
+                Ok(n) => {
+                    self.advanced(span, n);
+                    continue;
+                }
+                Err(errno) => Event::Error(errno),
+            };
+            match decide(event, self.copied) {
+                Decision::Retry => continue,
+                Decision::Done => return Ok(Stage::Finished),
+                Decision::Fail => return Err(job.copy_error(errno_of(event))),
+                Decision::FallBackForPair | Decision::FallBackForFile => {
+                    self.rep.verbose(|| {
+                        format!(
+                            "fallback for {}: sendfile {}, using read/write",
+                            job.src_path.display(),
+                            describe(event)
+                        )
+                    });
+                    return Ok(Stage::Next(Method::ReadWrite));
+                }
+            }
+        }
+    }
+
+    /// The last resort, and the only method that works everywhere.
+    fn read_write(&mut self, span: &mut Span) -> EntryResult<Stage> {
+        let job = self.job;
+        BUFFER_OF_WORKER.with_borrow_mut(|buf| {
+            if buf.len() < BUFFER {
+                buf.resize(BUFFER, 0);
+            }
+            loop {
+                interrupted(job)?;
+                if span.complete() {
+                    return Ok(Stage::Finished);
+                }
+                let want = span.request(buf.len());
+                let n = match sys::read(job.src, &mut buf[..want]) {
+                    Ok(0) => return Ok(Stage::Finished),
+                    Ok(n) => n,
+                    Err(Errno::EINTR | Errno::EAGAIN) => continue,
+                    Err(errno) => return Err(EntryError::new("read", job.src_path, errno)),
+                };
+                let mut written = 0;
+                while written < n {
+                    match sys::write(job.dst, &buf[written..n]) {
+                        Ok(0) => return Err(EntryError::new("write", job.dst_path, Errno::EIO)),
+                        Ok(w) => written += w,
+                        Err(Errno::EINTR | Errno::EAGAIN) => continue,
+                        Err(errno) => return Err(EntryError::new("write", job.dst_path, errno)),
+                    }
+                }
+                self.advanced(span, n);
+            }
+        })
     }
 }
 
@@ -205,134 +414,6 @@ fn interrupted(job: &Job<'_>) -> EntryResult<()> {
         Some(_) => Err(EntryError::interrupted(job.dst_path)),
         None => Ok(()),
     }
-}
-
-fn copy_file_range(
-    job: &Job<'_>,
-    rep: &Reporter,
-    copied: &mut u64,
-    mut probe: Option<Probe<'_>>,
-) -> EntryResult<Stage> {
-    let pair = || {
-        format!(
-            "({} -> {})",
-            sys::dev_name(job.src_dev),
-            sys::dev_name(job.dst_dev)
-        )
-    };
-    loop {
-        interrupted(job)?;
-        let want = if probe.is_some() { PROBE_CHUNK } else { CHUNK };
-        let event = match sys::copy_file_range(job.src, job.dst, want) {
-            Ok(0) => Event::Zero,
-            Ok(n) => {
-                *copied += n as u64;
-                rep.copied_bytes(n as u64);
-                if let Some(probe) = probe.take() {
-                    probe.settle(Method::CopyFileRange);
-                    rep.verbose(|| format!("decision for device pair {}: copy_file_range", pair()));
-                }
-                if job.complete(*copied) {
-                    return Ok(Stage::Finished);
-                }
-                continue;
-            }
-            Err(errno) => Event::Error(errno),
-        };
-        match decide(event, *copied) {
-            Decision::Retry => continue,
-            Decision::Done => return Ok(Stage::Finished),
-            Decision::Fail => return Err(job.copy_error(errno_of(event))),
-            Decision::FallBackForPair if probe.is_some() => {
-                if let Some(probe) = probe.take() {
-                    probe.settle(Method::Sendfile);
-                }
-                rep.verbose(|| {
-                    format!(
-                        "decision for device pair {}: sendfile (copy_file_range: {})",
-                        pair(),
-                        describe(event)
-                    )
-                });
-                return Ok(Stage::Next(Method::Sendfile));
-            }
-            Decision::FallBackForPair | Decision::FallBackForFile => {
-                // Inconclusive for the pair: the probe (if we held it) is released by drop.
-                rep.verbose(|| {
-                    format!(
-                        "fallback for {}: copy_file_range {}, using sendfile for this file",
-                        job.src_path.display(),
-                        describe(event)
-                    )
-                });
-                return Ok(Stage::Next(Method::Sendfile));
-            }
-        }
-    }
-}
-
-fn sendfile(job: &Job<'_>, rep: &Reporter, copied: &mut u64) -> EntryResult<Stage> {
-    loop {
-        interrupted(job)?;
-        let event = match sys::sendfile(job.dst, job.src, CHUNK) {
-            Ok(0) => Event::Zero,
-            Ok(n) => {
-                *copied += n as u64;
-                rep.copied_bytes(n as u64);
-                if job.complete(*copied) {
-                    return Ok(Stage::Finished);
-                }
-                continue;
-            }
-            Err(errno) => Event::Error(errno),
-        };
-        match decide(event, *copied) {
-            Decision::Retry => continue,
-            Decision::Done => return Ok(Stage::Finished),
-            Decision::Fail => return Err(job.copy_error(errno_of(event))),
-            Decision::FallBackForPair | Decision::FallBackForFile => {
-                rep.verbose(|| {
-                    format!(
-                        "fallback for {}: sendfile {}, using read/write",
-                        job.src_path.display(),
-                        describe(event)
-                    )
-                });
-                return Ok(Stage::Next(Method::ReadWrite));
-            }
-        }
-    }
-}
-
-/// The last resort, and the only method that works everywhere: reads until a read returns 0.
-fn read_write(job: &Job<'_>, rep: &Reporter, copied: &mut u64) -> EntryResult<()> {
-    BUFFER_OF_WORKER.with_borrow_mut(|buf| {
-        if buf.len() < BUFFER {
-            buf.resize(BUFFER, 0);
-        }
-        loop {
-            interrupted(job)?;
-            let n = match sys::read(job.src, buf) {
-                Ok(0) => return Ok(()),
-                Ok(n) => n,
-                Err(Errno::EINTR | Errno::EAGAIN) => continue,
-                Err(errno) => return Err(EntryError::new("read", job.src_path, errno)),
-            };
-            let mut written = 0;
-            while written < n {
-                match sys::write(job.dst, &buf[written..n]) {
-                    Ok(0) => {
-                        return Err(EntryError::new("write", job.dst_path, Errno::EIO));
-                    }
-                    Ok(w) => written += w,
-                    Err(Errno::EINTR | Errno::EAGAIN) => continue,
-                    Err(errno) => return Err(EntryError::new("write", job.dst_path, errno)),
-                }
-            }
-            *copied += n as u64;
-            rep.copied_bytes(n as u64);
-        }
-    })
 }
 
 fn errno_of(event: Event) -> Errno {
