@@ -1,6 +1,6 @@
-//! The copy pool: directories are listed and files copied as rayon tasks on `-j` workers, so
-//! enumeration runs in parallel with copying and with itself; per-entry outcomes are reported
-//! and counted; directory metadata is applied in a final pass, deepest first.
+//! The copy pool: directories are listed and entries copied as rayon tasks on `-j` workers,
+//! so enumeration runs in parallel with copying and with itself; per-entry outcomes are
+//! reported and counted; each directory's metadata is applied when its subtree is done.
 
 use crate::commit::{CommitError, TempEntry, remove_stale};
 use crate::config::{Config, Reflink};
@@ -220,7 +220,7 @@ impl Engine {
     }
 
     /// As non-root, an existing destination directory without owner write and search
-    /// permission (a 0500 left by an earlier run) is opened up until the final pass.
+    /// permission (a 0500 left by an earlier run) is opened up until the directory is finished.
     fn make_writable(&self, dir: &OwnedFd, st: &Stat) -> io::Result<()> {
         if self.meta.root || st.perm() & 0o300 == 0o300 {
             return Ok(());
