@@ -6,7 +6,7 @@ use crate::commit::{CommitError, TempEntry, remove_stale};
 use crate::config::{Config, Reflink};
 use crate::copy::{self, DeviceCache};
 use crate::error::{Context, EntryError, EntryResult};
-use crate::links::{Claim, HardLinks};
+use crate::links::{Claim, First, HardLinks};
 use crate::meta::{Applied, MetaError, Node, Preserver};
 use crate::report::Reporter;
 use crate::sys::{self, Kind, Stat};
@@ -33,6 +33,10 @@ struct DirPair<'e> {
     /// The source directory's metadata, to apply on completion; None for the destination
     /// directory of a single-file copy, which is not ours to change.
     meta: Option<Stat>,
+    /// This destination directory has a default ACL, so what we create in it inherits ACLs.
+    passes_acls: bool,
+    /// This destination directory was created in one that passes ACLs on.
+    inherited_acls: bool,
     /// Keeps the parent open, and its metadata pending, until this subtree is done.
     parent: Option<Arc<DirPair<'e>>>,
     engine: &'e Engine,
@@ -55,10 +59,12 @@ impl DirPair<'_> {
         }
         if let Some(meta) = &self.meta {
             let engine = self.engine;
-            match engine
-                .meta
-                .apply_fd(self.src.as_fd(), self.dst.as_fd(), meta)
-            {
+            match engine.meta.apply_fd(
+                self.src.as_fd(),
+                self.dst.as_fd(),
+                meta,
+                self.inherited_acls,
+            ) {
                 Ok(applied) => engine.note(applied, self.dst_dev, &self.dst_path),
                 Err(e) => engine.rep.failed(&meta_error(e, &self.dst_path)),
             }
@@ -168,6 +174,7 @@ impl Engine {
         self.make_writable(&dst_fd, &dst_stat)
             .with_context(|| format!("chmod {}", dst.display()))?;
         self.rep.done_dir();
+        let passes_acls = self.meta.passes_acls_on(dst_fd.as_fd());
         let root = Arc::new(DirPair {
             src: src_fd,
             src_path: src.to_path_buf(),
@@ -175,6 +182,8 @@ impl Engine {
             dst_path: dst.to_path_buf(),
             dst_dev: dst_stat.dev,
             meta: Some(src_stat),
+            passes_acls,
+            inherited_acls: !dst_exists && passes_acls,
             parent: None,
             engine: self,
             finished: false,
@@ -201,6 +210,7 @@ impl Engine {
         let dst_dev = sys::fstat(dst_fd.as_fd())
             .with_context(|| format!("stat {}", dst_dir.display()))?
             .dev;
+        let passes_acls = self.meta.passes_acls_on(dst_fd.as_fd());
         let pair = DirPair {
             src: src_fd,
             src_path: src_dir.to_path_buf(),
@@ -208,6 +218,8 @@ impl Engine {
             dst_path: dst_dir.to_path_buf(),
             dst_dev,
             meta: None,
+            passes_acls,
+            inherited_acls: false,
             parent: None,
             engine: self,
             finished: false,
@@ -365,6 +377,7 @@ impl Engine {
         } else {
             parent.dst_dev
         };
+        let passes_acls = self.meta.passes_acls_on(dst.as_fd());
         let pair = DirPair {
             src,
             src_path,
@@ -372,6 +385,8 @@ impl Engine {
             dst_path,
             dst_dev,
             meta: Some(src_stat),
+            passes_acls,
+            inherited_acls: !existed && parent.passes_acls,
             parent: Some(Arc::clone(parent)),
             engine: self,
             finished: false,
@@ -409,27 +424,9 @@ impl Engine {
                 io::Error::other("changed type during the copy; not a regular file"),
             ));
         }
-        let first = match self.opts.hard_links && st.nlink > 1 {
-            false => None,
-            true => match self.links.claim((st.dev, st.ino), st.nlink) {
-                Claim::First(first) => Some(first),
-                Claim::LinkTo(existing) => {
-                    drop(src);
-                    return self
-                        .link_file(dir, dst_name, &existing, dst_path)
-                        .map(|()| FileOutcome::Linked);
-                }
-                Claim::FirstFailed if crate::signal::received().is_some() => {
-                    return Err(EntryError::interrupted(dst_path));
-                }
-                Claim::FirstFailed => {
-                    return Err(EntryError::new(
-                        "hard link",
-                        dst_path,
-                        io::Error::other("the first name of this hard-linked file was not copied"),
-                    ));
-                }
-            },
+        let first = match self.link_or_claim(&st, dir, dst_name, dst_path)? {
+            LinkStep::Linked => return Ok(FileOutcome::Linked),
+            LinkStep::Copy(first) => first,
         };
         self.rep.found_bytes(st.size);
         let temp = TempEntry::file(dir.dst.as_fd()).ctx("create temp file for", dst_path)?;
@@ -458,7 +455,7 @@ impl Engine {
         });
         let applied = self
             .meta
-            .apply_fd(src.as_fd(), temp_fd, &st)
+            .apply_fd(src.as_fd(), temp_fd, &st, dir.passes_acls)
             .map_err(|e| meta_error(e, dst_path))?;
         self.note(applied, dir.dst_dev, dst_path);
         self.commit(temp, dst_name, dir, dst_path)?;
@@ -466,6 +463,36 @@ impl Engine {
             first.committed(dst_path);
         }
         Ok(FileOutcome::Copied(bytes))
+    }
+
+    /// For an entry with more than one name: links this name to the group's copy when an
+    /// earlier name was committed, or takes the duty to copy it. Entries with one name (or
+    /// with --no-hard-links) are simply copied.
+    fn link_or_claim(
+        &self,
+        st: &Stat,
+        dir: &DirPair,
+        dst_name: &CStr,
+        dst_path: &Path,
+    ) -> EntryResult<LinkStep<'_>> {
+        if !self.opts.hard_links || st.nlink < 2 {
+            return Ok(LinkStep::Copy(None));
+        }
+        match self.links.claim((st.dev, st.ino), st.nlink) {
+            Claim::First(first) => Ok(LinkStep::Copy(Some(first))),
+            Claim::LinkTo(existing) => {
+                self.link_file(dir, dst_name, &existing, dst_path)?;
+                Ok(LinkStep::Linked)
+            }
+            Claim::FirstFailed if crate::signal::received().is_some() => {
+                Err(EntryError::interrupted(dst_path))
+            }
+            Claim::FirstFailed => Err(EntryError::new(
+                "hard link",
+                dst_path,
+                io::Error::other("the first name of this hard-linked file was not copied"),
+            )),
+        }
     }
 
     /// Gives `dst_name` the inode already committed at `existing`, atomically replacing what
@@ -478,7 +505,7 @@ impl Engine {
         dst_path: &Path,
     ) -> EntryResult<()> {
         if let (Ok(target), Ok(current)) = (
-            sys::lstat_path(existing),
+            sys::lstat_long(existing),
             sys::lstat_at(dir.dst.as_fd(), dst_name),
         ) && (target.dev, target.ino) == (current.dev, current.ino)
         {
@@ -509,6 +536,13 @@ impl Engine {
         let src_path = dir.src_path(name);
         let dst_path = dir.dst_path(name);
         let st = sys::lstat_at(dir.src.as_fd(), name).ctx("stat", &src_path)?;
+        let first = match self.link_or_claim(&st, dir, name, &dst_path)? {
+            LinkStep::Linked => {
+                self.rep.done_hardlink();
+                return Ok(());
+            }
+            LinkStep::Copy(first) => first,
+        };
         let target = sys::readlink_at(dir.src.as_fd(), name).ctx("read link", &src_path)?;
         let temp = TempEntry::symlink(dir.dst.as_fd(), &target).ctx("create symlink", &dst_path)?;
         let applied = self
@@ -522,6 +556,9 @@ impl Engine {
             .map_err(|e| meta_error(e, &dst_path))?;
         self.note(applied, dir.dst_dev, &dst_path);
         self.commit(temp, name, dir, &dst_path)?;
+        if let Some(first) = first {
+            first.committed(&dst_path);
+        }
         self.rep.done_symlink();
         Ok(())
     }
@@ -531,6 +568,13 @@ impl Engine {
         let src_path = dir.src_path(name);
         let dst_path = dir.dst_path(name);
         let st = sys::lstat_at(dir.src.as_fd(), name).ctx("stat", &src_path)?;
+        let first = match self.link_or_claim(&st, dir, name, &dst_path)? {
+            LinkStep::Linked => {
+                self.rep.done_hardlink();
+                return Ok(());
+            }
+            LinkStep::Copy(first) => first,
+        };
         let temp = TempEntry::node(dir.dst.as_fd(), st.mode, st.rdev).ctx("mknod", &dst_path)?;
         let applied = self
             .meta
@@ -539,13 +583,25 @@ impl Engine {
                 temp.dir(),
                 temp.name(),
                 &st,
+                dir.passes_acls,
             )
             .map_err(|e| meta_error(e, &dst_path))?;
         self.note(applied, dir.dst_dev, &dst_path);
         self.commit(temp, name, dir, &dst_path)?;
+        if let Some(first) = first {
+            first.committed(&dst_path);
+        }
         self.rep.done_special();
         Ok(())
     }
+}
+
+/// What to do with a name that may share its inode with others.
+enum LinkStep<'a> {
+    /// Linked to the group's copy: done.
+    Linked,
+    /// Copy it; with the group's duty when it has other names.
+    Copy(Option<First<'a>>),
 }
 
 /// How a regular file's name was produced.

@@ -72,6 +72,14 @@ impl Node<'_> {
         }
     }
 
+    fn remove_xattr(&self, attr: &OsStr) -> io::Result<()> {
+        use xattr::FileExt;
+        match *self {
+            Node::Fd(fd) => FdRef(fd).remove_xattr(attr),
+            Node::At(dir, name) => xattr::remove(Self::proc_path(dir, name), attr),
+        }
+    }
+
     fn set_xattr(&self, attr: &OsStr, value: &[u8]) -> io::Result<()> {
         use xattr::FileExt;
         match *self {
@@ -80,6 +88,10 @@ impl Node<'_> {
         }
     }
 }
+
+/// The xattr names under which the kernel stores POSIX ACLs.
+pub const ACL_ACCESS: &str = "system.posix_acl_access";
+pub const ACL_DEFAULT: &str = "system.posix_acl_default";
 
 fn errno_is(e: &io::Error, codes: &[i32]) -> bool {
     e.raw_os_error().is_some_and(|c| codes.contains(&c))
@@ -95,6 +107,13 @@ pub struct Preserver {
 }
 
 impl Preserver {
+    /// Whether entries created in this destination directory inherit ACLs: it has a default
+    /// ACL (left by an earlier run, or inherited itself).
+    pub fn passes_acls_on(&self, dir: BorrowedFd<'_>) -> bool {
+        use xattr::FileExt;
+        self.xattrs && matches!(FdRef(dir).get_xattr(ACL_DEFAULT), Ok(Some(_)))
+    }
+
     pub fn new(xattrs: bool) -> Self {
         Preserver {
             root: sys::is_root(),
@@ -149,8 +168,14 @@ impl Preserver {
 
     /// Copies every extended attribute `src` has to `dst`: user.*, and, where the kernel lets
     /// us read and write them (root), trusted.* and security.*; POSIX ACLs travel as
-    /// system.posix_acl_access and system.posix_acl_default.
-    fn copy_xattrs(&self, src: Node<'_>, dst: Node<'_>) -> Result<Applied, MetaError> {
+    /// system.posix_acl_access and system.posix_acl_default. `inherited`: `dst` was created in
+    /// a directory with a default ACL and got ACLs its source does not have; they are removed.
+    fn copy_xattrs(
+        &self,
+        src: Node<'_>,
+        dst: Node<'_>,
+        inherited: bool,
+    ) -> Result<Applied, MetaError> {
         let mut applied = Applied::default();
         if !self.xattrs {
             return Ok(applied);
@@ -158,7 +183,7 @@ impl Preserver {
         let names = match src.list_xattrs() {
             Ok(names) => names,
             // A source filesystem without xattrs has none to copy.
-            Err(e) if errno_is(&e, &[libc::EOPNOTSUPP]) => return Ok(applied),
+            Err(e) if errno_is(&e, &[libc::EOPNOTSUPP]) => Vec::new(),
             Err(e) => {
                 return Err(MetaError {
                     op: "list xattrs of",
@@ -166,6 +191,22 @@ impl Preserver {
                 });
             }
         };
+        if inherited {
+            for acl in [ACL_ACCESS, ACL_DEFAULT] {
+                if names.iter().any(|n| n == acl) {
+                    continue;
+                }
+                match dst.remove_xattr(OsStr::new(acl)) {
+                    Err(e) if !errno_is(&e, &[libc::ENODATA, libc::EOPNOTSUPP]) => {
+                        return Err(MetaError {
+                            op: "remove inherited ACL of",
+                            source: e,
+                        });
+                    }
+                    _ => {}
+                }
+            }
+        }
         // Attributes an unprivileged user may not read or write (trusted.*, some security.*)
         // are skipped, as cp -a skips them.
         let privileged = |e: &io::Error| !self.root && errno_is(e, &[libc::EPERM, libc::EACCES]);
@@ -199,15 +240,17 @@ impl Preserver {
         Ok(applied)
     }
 
-    /// Owner, xattrs, mode and times of an open file or directory; `src` is the open source.
+    /// Owner, xattrs, mode and times of an open file or directory; `src` is the open source;
+    /// `inherited`: created in a directory with a default ACL.
     pub fn apply_fd(
         &self,
         src: BorrowedFd<'_>,
         fd: BorrowedFd<'_>,
         st: &Stat,
+        inherited: bool,
     ) -> Result<Applied, MetaError> {
         let perm = self.set_owner(st, |u, g| sys::fchown(fd, u, g))?;
-        let applied = self.copy_xattrs(Node::Fd(src), Node::Fd(fd))?;
+        let applied = self.copy_xattrs(Node::Fd(src), Node::Fd(fd), inherited)?;
         step("chmod", sys::fchmod(fd, perm))?;
         step("set times", sys::futimens(fd, st.atime, st.mtime))?;
         Ok(applied)
@@ -222,7 +265,8 @@ impl Preserver {
         st: &Stat,
     ) -> Result<Applied, MetaError> {
         self.set_owner(st, |u, g| sys::lchown_at(dir, name, u, g))?;
-        let applied = self.copy_xattrs(src, Node::At(dir, name))?;
+        // Symlinks carry no ACLs, so nothing inherited needs removing.
+        let applied = self.copy_xattrs(src, Node::At(dir, name), false)?;
         step("set times", sys::lutimens_at(dir, name, st.atime, st.mtime))?;
         Ok(applied)
     }
@@ -234,9 +278,10 @@ impl Preserver {
         dir: BorrowedFd<'_>,
         name: &CStr,
         st: &Stat,
+        inherited: bool,
     ) -> Result<Applied, MetaError> {
         let perm = self.set_owner(st, |u, g| sys::lchown_at(dir, name, u, g))?;
-        let applied = self.copy_xattrs(src, Node::At(dir, name))?;
+        let applied = self.copy_xattrs(src, Node::At(dir, name), inherited)?;
         step("chmod", sys::chmod_at(dir, name, perm))?;
         step("set times", sys::lutimens_at(dir, name, st.atime, st.mtime))?;
         Ok(applied)

@@ -378,18 +378,44 @@ pub fn ficlone(dst: BorrowedFd<'_>, src: BorrowedFd<'_>) -> io::Result<()> {
     }
 }
 
-/// Makes `name` in `dir` a new name of the existing file at `existing` (never following a
-/// final symlink there).
-pub fn link_at(existing: &Path, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
-    Ok(nix::unistd::linkat(
-        at_cwd(),
-        existing,
-        dir,
-        name,
-        AtFlags::empty(),
-    )?)
+/// Runs `op` on the directory holding `path` and its final name. A path the kernel would
+/// refuse as too long (PATH_MAX) is reached one directory handle at a time instead.
+fn at_parent_of<T>(
+    path: &Path,
+    op: impl FnOnce(BorrowedFd<'_>, &CStr) -> io::Result<T>,
+) -> io::Result<T> {
+    if path.as_os_str().len() < libc::PATH_MAX as usize {
+        return op(at_cwd(), &cstring(path.as_os_str())?);
+    }
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    let name = cstring(name)?;
+    let mut dir = open_dir_path(Path::new("/"))?;
+    for part in parent.components().skip(1) {
+        dir = open_dir(std::os::fd::AsFd::as_fd(&dir), part.as_os_str())?;
+    }
+    op(std::os::fd::AsFd::as_fd(&dir), &name)
 }
 
+/// lstat of a path of any length.
+pub fn lstat_long(path: &Path) -> io::Result<Stat> {
+    at_parent_of(path, lstat_at)
+}
+
+/// Makes `name` in `dir` a new name of the existing entry at `existing` (an absolute path of
+/// any length; a final symlink there is linked itself, not followed).
+pub fn link_at(existing: &Path, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    at_parent_of(existing, |from, from_name| {
+        Ok(nix::unistd::linkat(
+            from,
+            from_name,
+            dir,
+            name,
+            AtFlags::empty(),
+        )?)
+    })
+}
 /// The next data extent at or after `offset` in a file of `size` bytes, as (start, end), or
 /// None when only a hole remains. Filesystems without hole tracking report all data.
 pub fn next_data(fd: BorrowedFd<'_>, offset: u64, size: u64) -> io::Result<Option<(u64, u64)>> {

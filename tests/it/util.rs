@@ -496,7 +496,7 @@ pub fn gen_tree_with(root: &Path, seed: u64, spec: &TreeSpec) -> Manifest {
 
 /// A past timestamp (2001..2023) with random nanoseconds; over 24 h old, so `relatime` will bump
 /// the source's atime when the copier reads it (the copy must carry the original).
-fn random_ts(rng: &mut Rng) -> Ts {
+pub fn random_ts(rng: &mut Rng) -> Ts {
     Ts(
         rng.range(1_000_000_000, 1_700_000_000) as i64,
         rng.below(1_000_000_000) as i64,
@@ -790,6 +790,28 @@ impl Mount {
         })
     }
 
+    /// Mounts a ramfs on `dir`: a filesystem that refuses every extended attribute (and so
+    /// every ACL) with EOPNOTSUPP. It has no size limit; keep what is written to it small.
+    pub fn ramfs(dir: &Path) -> Result<Mount, String> {
+        if !is_root() {
+            return Err("mounting needs root".into());
+        }
+        fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        sh(
+            "mount",
+            &[
+                "-t".as_ref(),
+                "ramfs".as_ref(),
+                "ramfs".as_ref(),
+                dir.as_os_str(),
+            ],
+        )?;
+        Ok(Mount {
+            dir: dir.to_path_buf(),
+            loopdev: None,
+        })
+    }
+
     /// Creates a sparse image `img` of `size` (e.g. "300M"), makes an XFS on it and loop-mounts it
     /// on `dir`. Err says why it is unavailable (no root, no mkfs.xfs, no loop devices...).
     pub fn xfs_loop(img: &Path, dir: &Path, size: &str) -> Result<Mount, String> {
@@ -880,4 +902,501 @@ pub fn dev_of(p: &Path) -> u64 {
     fs::metadata(p)
         .unwrap_or_else(|e| panic!("stat {}: {e}", p.display()))
         .dev()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exactness helpers: paths longer than PATH_MAX, extended attributes and POSIX ACLs, the rsync
+// oracle, a second oracle that also compares xattrs and hard-link structure, extent maps, and
+// running as an unprivileged user.
+
+/// Longest path handed to the kernel as is; longer ones are reached through directory handles.
+const SHORT_ENOUGH: usize = 3800;
+
+/// A path that reaches ROOT/REL even when that is longer than PATH_MAX: the parent directory is
+/// opened component by component (openat, O_PATH) and named through `/proc/self/fd/N`, which
+/// the kernel resolves from the handle, not from a path. Valid while this value lives.
+pub struct ShortPath {
+    _parent: Option<std::os::fd::OwnedFd>,
+    pub path: PathBuf,
+}
+
+pub fn short_path(root: &Path, rel: &Path) -> io::Result<ShortPath> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let full = root.join(rel);
+    if full.as_os_str().len() < SHORT_ENOUGH {
+        return Ok(ShortPath {
+            _parent: None,
+            path: full,
+        });
+    }
+    let (Some(parent), Some(last)) = (rel.parent(), rel.file_name()) else {
+        return Err(io::Error::other(
+            "short_path needs a relative path with a name",
+        ));
+    };
+    let open = |dir: libc::c_int, name: &OsStr| -> io::Result<OwnedFd> {
+        let c = CString::new(name.as_bytes()).map_err(io::Error::other)?;
+        let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        // SAFETY: `c` is NUL-terminated; a non-negative return is a descriptor we now own.
+        let fd = unsafe { libc::openat(dir, c.as_ptr(), flags) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd was just returned by openat and is owned by nobody else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    };
+    let mut dir = open(libc::AT_FDCWD, root.as_os_str())?;
+    for comp in parent.components() {
+        dir = open(dir.as_raw_fd(), comp.as_os_str())?;
+    }
+    let path = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd())).join(last);
+    Ok(ShortPath {
+        _parent: Some(dir),
+        path,
+    })
+}
+
+/// lstat of ROOT/REL however long the path.
+pub fn lstat_deep(root: &Path, rel: &Path) -> io::Result<fs::Metadata> {
+    fs::symlink_metadata(&short_path(root, rel)?.path)
+}
+
+fn cpath(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).expect("paths hold no NUL")
+}
+
+/// Sets an extended attribute on `path` itself (never following a final symlink).
+pub fn set_xattr(path: &Path, name: &[u8], value: &[u8]) -> io::Result<()> {
+    let (c, n) = (cpath(path), CString::new(name).map_err(io::Error::other)?);
+    // SAFETY: both strings are NUL-terminated; value points at value.len() readable bytes.
+    let rc = unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Every extended attribute of `path` itself (POSIX ACLs appear as system.posix_acl_*),
+/// name -> value. A filesystem without xattr support has none.
+pub fn xattrs(path: &Path) -> io::Result<std::collections::BTreeMap<Vec<u8>, Vec<u8>>> {
+    let c = cpath(path);
+    let mut out = std::collections::BTreeMap::new();
+    // 64 KiB is XATTR_LIST_MAX and XATTR_SIZE_MAX: any list and any value fit.
+    let mut list = vec![0u8; 65536];
+    // SAFETY: `c` is NUL-terminated and `list` has list.len() writable bytes.
+    let n = unsafe { libc::llistxattr(c.as_ptr(), list.as_mut_ptr().cast(), list.len()) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EOPNOTSUPP) => Ok(out),
+            _ => Err(e),
+        };
+    }
+    list.truncate(n as usize);
+    for name in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let cn = CString::new(name).unwrap();
+        let mut value = vec![0u8; 65536];
+        // SAFETY: as above; `value` has value.len() writable bytes.
+        let m = unsafe {
+            libc::lgetxattr(
+                c.as_ptr(),
+                cn.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        if m < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        value.truncate(m as usize);
+        out.insert(name.to_vec(), value);
+    }
+    Ok(out)
+}
+
+/// POSIX ACL entry tags, as the kernel's xattr representation numbers them.
+pub const ACL_USER_OBJ: u16 = 0x01;
+pub const ACL_USER: u16 = 0x02;
+pub const ACL_GROUP_OBJ: u16 = 0x04;
+pub const ACL_GROUP: u16 = 0x08;
+pub const ACL_MASK: u16 = 0x10;
+pub const ACL_OTHER: u16 = 0x20;
+
+/// The value of system.posix_acl_access / system.posix_acl_default for the given
+/// (tag, qualifier id, rwx bits) entries; setting it is what setfacl does, without needing it.
+/// The id is ignored for the tags that have none.
+pub fn posix_acl(entries: &[(u16, u32, u16)]) -> Vec<u8> {
+    let mut sorted: Vec<(u16, u32, u16)> = entries
+        .iter()
+        .map(|&(tag, id, perm)| {
+            let id = if tag == ACL_USER || tag == ACL_GROUP {
+                id
+            } else {
+                u32::MAX
+            };
+            (tag, id, perm)
+        })
+        .collect();
+    // The kernel accepts only entries ordered by tag, then qualifier.
+    sorted.sort();
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, id, perm) in sorted {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
+/// Whether `program` can be run (`--version` or `-V` succeeds).
+pub fn have(program: &str) -> bool {
+    ["--version", "-V"].iter().any(|flag| {
+        Command::new(program)
+            .arg(flag)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// The exactness oracle: what `rsync -aHAX` would still change to make DST equal SRC, as
+/// itemized lines (empty = exact). Compared: content by checksum, types, permissions, numeric
+/// owners, mtimes with nanoseconds (--modify-window=-1) on everything but the root's own
+/// atime, symlink targets, device numbers, hard-link structure, xattrs and ACLs; --delete lists
+/// entries that exist only in DST. It only looks (-n). Err: rsync is not installed. Panics if
+/// rsync itself fails. `exclude`s are rsync patterns (e.g. "/longpath" for a subtree rsync
+/// cannot walk because its paths exceed PATH_MAX).
+pub fn rsync_changes(src: &Path, dst: &Path, exclude: &[&str]) -> Result<String, String> {
+    if !have("rsync") {
+        return Err("rsync is not installed".into());
+    }
+    let mut cmd = Command::new("rsync");
+    cmd.args([
+        "-aHAXn",
+        "--checksum",
+        "--itemize-changes",
+        "--numeric-ids",
+        "--modify-window=-1",
+        "--delete",
+    ]);
+    for e in exclude {
+        cmd.arg(format!("--exclude={e}"));
+    }
+    let (mut s, mut d) = (src.as_os_str().to_owned(), dst.as_os_str().to_owned());
+    s.push("/");
+    d.push("/");
+    cmd.arg(s).arg(d);
+    let run = run_cmd(cmd, RUN_TIMEOUT);
+    assert!(
+        run.status.success(),
+        "the rsync oracle failed ({}):\n{}",
+        run.status,
+        run.stderr
+    );
+    Ok(run.stdout)
+}
+
+/// The second oracle, for what rsync cannot reach (paths longer than PATH_MAX): walks SRC/REL
+/// and DST/REL through directory handles and lists every difference in names, types,
+/// permissions, owners, mtimes (ns), sizes and content, symlink targets, device numbers,
+/// extended attributes (ACLs included) and hard-link structure (names sharing an inode in one
+/// tree must share one in the other). The two directories' own metadata is compared too.
+pub fn compare_exact(src: &Path, dst: &Path, rel: &Path) -> Vec<String> {
+    let mut w = ExactWalk {
+        src,
+        dst,
+        diffs: Vec::new(),
+        inodes: std::collections::HashMap::new(),
+        back: std::collections::HashMap::new(),
+    };
+    w.entry(rel);
+    w.diffs
+}
+
+struct ExactWalk<'a> {
+    src: &'a Path,
+    dst: &'a Path,
+    diffs: Vec<String>,
+    /// SRC inode -> the DST inode its first name became, and the reverse.
+    inodes: std::collections::HashMap<u64, (u64, PathBuf)>,
+    back: std::collections::HashMap<u64, u64>,
+}
+
+impl ExactWalk<'_> {
+    fn entry(&mut self, rel: &Path) {
+        let r = rel.display().to_string();
+        let (sp, dp) = match (short_path(self.src, rel), short_path(self.dst, rel)) {
+            (Ok(s), Ok(d)) => (s, d),
+            (Err(e), _) | (_, Err(e)) => return self.diffs.push(format!("{r}: cannot open: {e}")),
+        };
+        let (sm, dm) = match (
+            fs::symlink_metadata(&sp.path),
+            fs::symlink_metadata(&dp.path),
+        ) {
+            (Ok(s), Ok(d)) => (s, d),
+            (Err(e), _) => return self.diffs.push(format!("{r}: lstat in SRC: {e}")),
+            (_, Err(e)) => return self.diffs.push(format!("{r}: missing in DST ({e})")),
+        };
+        let kind_s = sm.mode() & libc::S_IFMT;
+        if kind_s != dm.mode() & libc::S_IFMT {
+            return self.diffs.push(format!(
+                "{r}: {} in SRC but {} in DST",
+                kind(sm.mode()),
+                kind(dm.mode())
+            ));
+        }
+        let mut d = Vec::new();
+        if sm.mode() & 0o7777 != dm.mode() & 0o7777 {
+            d.push(format!(
+                "mode {:04o} vs {:04o}",
+                sm.mode() & 0o7777,
+                dm.mode() & 0o7777
+            ));
+        }
+        if (sm.uid(), sm.gid()) != (dm.uid(), dm.gid()) {
+            d.push(format!(
+                "owner {}:{} vs {}:{}",
+                sm.uid(),
+                sm.gid(),
+                dm.uid(),
+                dm.gid()
+            ));
+        }
+        if (sm.mtime(), sm.mtime_nsec()) != (dm.mtime(), dm.mtime_nsec()) {
+            d.push(format!(
+                "mtime {}.{:09} vs {}.{:09}",
+                sm.mtime(),
+                sm.mtime_nsec(),
+                dm.mtime(),
+                dm.mtime_nsec()
+            ));
+        }
+        match (xattrs(&sp.path), xattrs(&dp.path)) {
+            (Ok(a), Ok(b)) if a != b => d.push(format!(
+                "xattrs {:?} vs {:?}",
+                a.keys()
+                    .map(|k| String::from_utf8_lossy(k))
+                    .collect::<Vec<_>>(),
+                b.keys()
+                    .map(|k| String::from_utf8_lossy(k))
+                    .collect::<Vec<_>>()
+            )),
+            (Ok(_), Ok(_)) => {}
+            (Err(e), _) | (_, Err(e)) => d.push(format!("cannot read xattrs: {e}")),
+        }
+        if kind_s != libc::S_IFDIR && sm.nlink() > 1 {
+            self.hard_link(rel, sm.ino(), dm.ino(), &mut d);
+        } else if kind_s != libc::S_IFDIR && dm.nlink() != 1 {
+            d.push(format!("{} names in DST, 1 in SRC", dm.nlink()));
+        }
+        match kind_s {
+            libc::S_IFREG if sm.len() != dm.len() => {
+                d.push(format!("size {} vs {}", sm.len(), dm.len()))
+            }
+            libc::S_IFREG => match first_difference(&sp.path, &dp.path) {
+                Ok(None) => {}
+                Ok(Some(off)) => d.push(format!("content differs at byte {off}")),
+                Err(e) => d.push(format!("cannot compare content: {e}")),
+            },
+            libc::S_IFLNK => match (fs::read_link(&sp.path), fs::read_link(&dp.path)) {
+                (Ok(a), Ok(b)) if a != b => d.push(format!("target {a:?} vs {b:?}")),
+                (Ok(_), Ok(_)) => {}
+                (Err(e), _) | (_, Err(e)) => d.push(format!("readlink: {e}")),
+            },
+            libc::S_IFCHR | libc::S_IFBLK if sm.rdev() != dm.rdev() => d.push(format!(
+                "device {} vs {}",
+                dev_string(sm.rdev()),
+                dev_string(dm.rdev())
+            )),
+            _ => {}
+        }
+        if !d.is_empty() {
+            self.diffs.push(format!(
+                "{r} ({}): {} [SRC vs DST]",
+                kind(sm.mode()),
+                d.join(", ")
+            ));
+        }
+        if kind_s == libc::S_IFDIR {
+            let (s, dn) = match (fs::read_dir(&sp.path), fs::read_dir(&dp.path)) {
+                (Ok(s), Ok(dn)) => (s, dn),
+                (Err(e), _) | (_, Err(e)) => {
+                    return self.diffs.push(format!("{r}: cannot list: {e}"));
+                }
+            };
+            let s: BTreeSet<OsString> = s.map(|e| e.unwrap().file_name()).collect();
+            let dn: BTreeSet<OsString> = dn.map(|e| e.unwrap().file_name()).collect();
+            drop((sp, dp));
+            for extra in dn.difference(&s) {
+                self.diffs
+                    .push(format!("{}: only in DST", rel.join(extra).display()));
+            }
+            for name in s {
+                self.entry(&rel.join(name));
+            }
+        }
+    }
+
+    /// Names of one SRC inode must be names of one DST inode, and of no other SRC inode's.
+    fn hard_link(&mut self, rel: &Path, sino: u64, dino: u64, d: &mut Vec<String>) {
+        match self.inodes.get(&sino) {
+            Some((want, first)) if *want != dino => d.push(format!(
+                "hard link to {} in SRC, a separate inode in DST",
+                first.display()
+            )),
+            Some(_) => {}
+            None => {
+                if let Some(other) = self.back.insert(dino, sino)
+                    && other != sino
+                {
+                    d.push("linked in DST to a name of another SRC inode".into());
+                }
+                self.inodes.insert(sino, (dino, rel.to_path_buf()));
+            }
+        }
+    }
+}
+
+/// One extent of a file as FIEMAP reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct Extent {
+    pub logical: u64,
+    pub length: u64,
+    pub flags: u32,
+}
+
+/// The extent carries data shared with another file (a reflink / clone).
+pub const FIEMAP_EXTENT_SHARED: u32 = 0x2000;
+
+/// The extent map of `path`, after flushing its dirty data (FIEMAP_FLAG_SYNC) so delayed
+/// allocations have real extents.
+pub fn fiemap(path: &Path) -> io::Result<Vec<Extent>> {
+    use std::os::fd::AsRawFd;
+    // struct fiemap (32 bytes) followed by struct fiemap_extent (56 bytes each).
+    const HEAD: usize = 32;
+    const EXT: usize = 56;
+    const BATCH: usize = 256;
+    const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+    const FIEMAP_FLAG_SYNC: u32 = 1;
+    const FIEMAP_EXTENT_LAST: u32 = 1;
+    let f = File::open(path)?;
+    let mut out = Vec::new();
+    let mut start = 0u64;
+    loop {
+        // u64 words keep the buffer aligned for the kernel's u64 fields.
+        let mut buf = vec![0u64; (HEAD + EXT * BATCH) / 8];
+        {
+            let b: &mut [u8] =
+                // SAFETY: reinterpreting initialised u64s as bytes of the same total length.
+                unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast(), buf.len() * 8) };
+            b[0..8].copy_from_slice(&start.to_ne_bytes());
+            b[8..16].copy_from_slice(&u64::MAX.to_ne_bytes());
+            b[16..20].copy_from_slice(&FIEMAP_FLAG_SYNC.to_ne_bytes());
+            b[24..28].copy_from_slice(&(BATCH as u32).to_ne_bytes());
+        }
+        // SAFETY: the buffer holds a struct fiemap with room for BATCH extents, as declared.
+        let rc = unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_FIEMAP as _, buf.as_mut_ptr()) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: as above.
+        let b: &[u8] = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast(), buf.len() * 8) };
+        let u64_at = |o: usize| u64::from_ne_bytes(b[o..o + 8].try_into().unwrap());
+        let u32_at = |o: usize| u32::from_ne_bytes(b[o..o + 4].try_into().unwrap());
+        let mapped = u32_at(20) as usize;
+        if mapped == 0 {
+            return Ok(out);
+        }
+        let mut last = false;
+        for i in 0..mapped {
+            let o = HEAD + i * EXT;
+            let e = Extent {
+                logical: u64_at(o),
+                length: u64_at(o + 16),
+                flags: u32_at(o + 40),
+            };
+            last |= e.flags & FIEMAP_EXTENT_LAST != 0;
+            start = e.logical + e.length;
+            out.push(e);
+        }
+        if last {
+            return Ok(out);
+        }
+    }
+}
+
+/// Free bytes of the filesystem holding `path`, after flushing it (delayed allocation and
+/// freed extents settle on writeback).
+pub fn free_bytes(path: &Path) -> u64 {
+    let f = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    use std::os::fd::AsRawFd;
+    // SAFETY: syncfs on an open descriptor; fstatvfs fills the zeroed struct we pass.
+    unsafe {
+        libc::syncfs(f.as_raw_fd());
+        let mut st: libc::statvfs = std::mem::zeroed();
+        assert_eq!(
+            libc::fstatvfs(f.as_raw_fd(), &mut st),
+            0,
+            "statvfs {}",
+            path.display()
+        );
+        st.f_bfree as u64 * st.f_frsize as u64
+    }
+}
+
+/// The unprivileged identity used by the permission tests (nobody/nogroup on Debian).
+pub const NOBODY: u32 = 65534;
+
+/// A `setpriv` command prefix that runs what follows as uid/gid 65534 with no supplementary
+/// groups (and so with no capabilities).
+pub fn as_nobody() -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
+    c
+}
+
+/// Err(why) unless uid 65534 can run the binary and read `readable` (a file of the fixture):
+/// setpriv may be missing, or a parent directory may be closed to others.
+pub fn nobody_can_run(readable: &Path) -> Result<(), String> {
+    let mut read = as_nobody();
+    read.arg("cat").arg(readable);
+    let mut run = as_nobody();
+    run.arg(bin()).arg("--version");
+    for (what, cmd) in [("read the source", read), ("run the binary", run)] {
+        let r = run_cmd(cmd, RUN_TIMEOUT);
+        if !r.status.success() {
+            return Err(format!(
+                "cannot {what} as uid 65534 via setpriv ({}): {}",
+                r.status,
+                r.stderr.trim()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The `treecopy: summary ...` line's `key=value` fields.
+pub fn summary_fields(run: &Run) -> Option<std::collections::BTreeMap<String, String>> {
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("treecopy: summary "))?;
+    Some(
+        line["treecopy: summary ".len()..]
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
 }
