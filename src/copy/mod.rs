@@ -250,8 +250,7 @@ impl Copy<'_, '_> {
         loop {
             let stage = match self.method {
                 Method::Clone => unreachable!("clones are whole-file and handled before"),
-                Method::CopyFileRange => self.copy_file_range(&mut span)?,
-                Method::Sendfile => self.sendfile(&mut span)?,
+                Method::CopyFileRange | Method::Sendfile => self.kernel_copy(&mut span)?,
                 Method::ReadWrite => self.read_write(&mut span)?,
             };
             match stage {
@@ -267,35 +266,37 @@ impl Copy<'_, '_> {
         self.rep.copied_bytes(n as u64);
     }
 
-    fn copy_file_range(&mut self, span: &mut Span) -> EntryResult<Stage> {
-        let job = self.job;
-        let pair = || {
-            format!(
-                "({} -> {})",
-                sys::dev_name(job.src_dev),
-                sys::dev_name(job.dst_dev)
-            )
+    /// Runs a method the kernel copies with (copy_file_range, sendfile) over the span. The
+    /// first successful copy_file_range on an unknown device pair settles the pair's method;
+    /// a structural refusal settles the fallback for the pair; anything else falls back for
+    /// this file only.
+    fn kernel_copy(&mut self, span: &mut Span) -> EntryResult<Stage> {
+        let (job, method) = (self.job, self.method);
+        let next = match method {
+            Method::CopyFileRange => Method::Sendfile,
+            _ => Method::ReadWrite,
         };
         loop {
             interrupted(job)?;
             if span.complete() {
                 return Ok(Stage::Finished);
             }
-            let chunk = if self.probe.is_some() {
-                PROBE_CHUNK
-            } else {
-                CHUNK
+            let result = match method {
+                Method::CopyFileRange => {
+                    let chunk = if self.probe.is_some() {
+                        PROBE_CHUNK
+                    } else {
+                        CHUNK
+                    };
+                    sys::copy_file_range(job.src, job.dst, span.request(chunk))
+                }
+                _ => sys::sendfile(job.dst, job.src, span.request(CHUNK)),
             };
-            let event = match sys::copy_file_range(job.src, job.dst, span.request(chunk)) {
+            let event = match result {
                 Ok(0) => Event::Zero,
                 Ok(n) => {
                     self.advanced(span, n);
-                    if let Some(probe) = self.probe.take() {
-                        probe.settle(Method::CopyFileRange);
-                        self.rep.verbose(|| {
-                            format!("decision for device pair {}: copy_file_range", pair())
-                        });
-                    }
+                    self.settle_pair(method, None);
                     continue;
                 }
                 Err(errno) => Event::Error(errno),
@@ -305,65 +306,46 @@ impl Copy<'_, '_> {
                 Decision::Done => return Ok(Stage::Finished),
                 Decision::Fail => return Err(job.copy_error(errno_of(event))),
                 Decision::FallBackForPair if self.probe.is_some() => {
-                    if let Some(probe) = self.probe.take() {
-                        probe.settle(Method::Sendfile);
-                    }
-                    self.rep.verbose(|| {
-                        format!(
-                            "decision for device pair {}: sendfile (copy_file_range: {})",
-                            pair(),
-                            describe(event)
-                        )
-                    });
-                    return Ok(Stage::Next(Method::Sendfile));
+                    self.settle_pair(next, Some((method, event)));
+                    return Ok(Stage::Next(next));
                 }
                 Decision::FallBackForPair | Decision::FallBackForFile => {
                     // Inconclusive for the pair: give the probe back so another file decides.
                     self.probe.take();
                     self.rep.verbose(|| {
                         format!(
-                            "fallback for {}: copy_file_range {}, using sendfile for this file",
+                            "fallback for {}: {} {}, using {} for this file",
                             job.src_path.display(),
-                            describe(event)
+                            method.name(),
+                            describe(event),
+                            next.name()
                         )
                     });
-                    return Ok(Stage::Next(Method::Sendfile));
+                    return Ok(Stage::Next(next));
                 }
             }
         }
     }
 
-    fn sendfile(&mut self, span: &mut Span) -> EntryResult<Stage> {
+    /// Records `method` for this device pair if we hold the probe, and says so once with -v;
+    /// `because` is the refusal that led to it.
+    fn settle_pair(&mut self, method: Method, because: Option<(Method, Event)>) {
+        let Some(probe) = self.probe.take() else {
+            return;
+        };
+        probe.settle(method);
         let job = self.job;
-        loop {
-            interrupted(job)?;
-            if span.complete() {
-                return Ok(Stage::Finished);
-            }
-            let event = match sys::sendfile(job.dst, job.src, span.request(CHUNK)) {
-                Ok(0) => Event::Zero,
-                Ok(n) => {
-                    self.advanced(span, n);
-                    continue;
-                }
-                Err(errno) => Event::Error(errno),
-            };
-            match decide(event, self.copied) {
-                Decision::Retry => continue,
-                Decision::Done => return Ok(Stage::Finished),
-                Decision::Fail => return Err(job.copy_error(errno_of(event))),
-                Decision::FallBackForPair | Decision::FallBackForFile => {
-                    self.rep.verbose(|| {
-                        format!(
-                            "fallback for {}: sendfile {}, using read/write",
-                            job.src_path.display(),
-                            describe(event)
-                        )
-                    });
-                    return Ok(Stage::Next(Method::ReadWrite));
-                }
-            }
-        }
+        self.rep.verbose(|| {
+            let reason = because
+                .map(|(refused, event)| format!(" ({}: {})", refused.name(), describe(event)))
+                .unwrap_or_default();
+            format!(
+                "decision for device pair ({} -> {}): {}{reason}",
+                sys::dev_name(job.src_dev),
+                sys::dev_name(job.dst_dev),
+                method.name()
+            )
+        });
     }
 
     /// The last resort, and the only method that works everywhere.
