@@ -38,6 +38,7 @@ pub enum ProgressMode {
     Off,
 }
 
-/// Copying over NFS is bound by round-trip latency, not by CPU: measured on the latency
-/// filesystem and on the local disk (docs/design.md), 16 workers keep both busy.
+/// Copying over NFS is bound by round-trip latency, not by CPU: on the latency filesystem
+/// (0.5 ms per call) 16 workers copy small files 10x faster than one, and on the local disk
+/// 16 do as well as 2 or 4 or better (docs/benchmarks.md).
 pub const DEFAULT_JOBS: usize = 16;
