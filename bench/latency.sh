@@ -20,7 +20,8 @@ main() {
     local treecopy=$repo/target/release/treecopy latencyfs=$repo/target/release/latencyfs
     [[ -x $treecopy && -x $latencyfs ]] || { echo "latency.sh: build first: cargo build --release --workspace" >&2; exit 1; }
 
-    local work=${LATENCY_WORK:-/dev/shm/treecopy-latency}
+    # Global, not local: the EXIT trap runs after main has returned.
+    work=${LATENCY_WORK:-/dev/shm/treecopy-latency}
     rm -rf "$work"
     mkdir -p "$work/back-src" "$work/back-dst" "$work/src" "$work/dst"
     cleanup() {
