@@ -441,3 +441,22 @@ pub fn seek_to(fd: BorrowedFd<'_>, offset: u64) -> io::Result<()> {
 pub fn set_len(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
     Ok(nix::unistd::ftruncate(fd, len as i64)?)
 }
+
+/// Whether the filesystem of `fd` answers over a network or through a user-space daemon,
+/// where every call costs a round trip (f_type magics from linux/magic.h and the
+/// filesystems' own headers).
+pub fn is_remote_fs(fd: BorrowedFd<'_>) -> bool {
+    const REMOTE: [i64; 10] = [
+        0x6969,                // NFS
+        0x65735546,            // FUSE
+        0xFF534D42_u32 as i64, // CIFS
+        0xFE534D42_u32 as i64, // SMB2
+        0x517B,                // SMB
+        0x00C36400,            // Ceph
+        0x0BD00BD0,            // Lustre
+        0x47504653,            // GPFS
+        0x01021997,            // 9p
+        0x5346414F,            // AFS
+    ];
+    nix::sys::statfs::fstatfs(fd).is_ok_and(|fs| REMOTE.contains(&fs.filesystem_type().0))
+}
