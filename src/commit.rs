@@ -102,8 +102,16 @@ impl<'d> TempEntry<'d> {
     }
 
     /// Closes the file, checking the close (where NFS reports late write errors), then renames
-    /// it over `final_name`, replacing whatever non-directory was there atomically.
-    pub fn commit(mut self, final_name: &CStr) -> Result<(), CommitError> {
+    /// it over `final_name`, replacing whatever non-directory was there atomically. With
+    /// `durable`, the data is flushed to stable storage first (fsync), so that the name never
+    /// points at data a crash could lose.
+    pub fn commit(mut self, final_name: &CStr, durable: bool) -> Result<(), CommitError> {
+        if durable && let Some(fd) = &self.fd {
+            sys::fsync(fd.as_fd()).map_err(|source| CommitError {
+                op: "fsync",
+                source,
+            })?;
+        }
         if let Some(fd) = self.fd.take() {
             sys::close(fd).map_err(|source| CommitError {
                 op: "close",

@@ -1,5 +1,7 @@
 //! The resolved run configuration: plain values, no knowledge of how they were parsed.
 
+use crate::delta::Policy;
+use crate::filter::RuleSpec;
 use std::path::PathBuf;
 
 #[derive(Debug, Clone)]
@@ -16,6 +18,34 @@ pub struct Config {
     /// Names sharing an inode in SRC share one in DST.
     pub hard_links: bool,
     pub reflink: Reflink,
+    /// When a destination entry counts as up to date (--checksum, --update, ...).
+    pub policy: Policy,
+    /// Remove destination entries the source does not have.
+    pub delete: bool,
+    /// With `delete`, remove destination entries that the filter excludes, too.
+    pub delete_excluded: bool,
+    /// Refuse a run that would delete more entries than this.
+    pub max_delete: Option<u64>,
+    /// Let --delete empty the destination when the source directory is empty.
+    pub allow_empty_source: bool,
+    /// Report what would be done; change nothing.
+    pub dry_run: bool,
+    /// One line per changed entry on stdout.
+    pub itemize: bool,
+    /// The JSON report on stdout at the end.
+    pub json: bool,
+    /// The JSON report written to this file at the end.
+    pub report: Option<PathBuf>,
+    /// Wait for another run's lock on DST instead of exiting.
+    pub wait: bool,
+    /// fsync each file before its rename and each directory after its entries.
+    pub fsync: bool,
+    /// Read each copied file back and compare hashes before it is committed.
+    pub verify: bool,
+    /// Include/exclude rules in the order given.
+    pub rules: Vec<RuleSpec>,
+    /// Do not descend into directories on other filesystems than SRC's.
+    pub one_file_system: bool,
 }
 
 /// Whether file data may be cloned (shared extents) instead of copied, as cp's --reflink.

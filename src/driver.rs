@@ -1,23 +1,30 @@
 //! The copy pool: directories are listed and entries copied as rayon tasks on `-j` workers,
-//! so enumeration runs in parallel with copying and with itself; per-entry outcomes are
-//! reported and counted; each directory's metadata is applied when its subtree is done.
+//! so enumeration runs in parallel with copying and with itself. Each entry is compared with
+//! what the destination holds (create, replace, fix metadata in place, or leave it), the
+//! destination's extraneous entries are removed with --delete, per-entry outcomes are
+//! reported and counted, and each directory's metadata is applied when its subtree is done.
 
-use crate::commit::{CommitError, TempEntry, remove_stale};
+use crate::commit::{CommitError, TempEntry, remove_stale, temp_owner};
 use crate::config::{Config, Reflink};
 use crate::copy::{self, DeviceCache};
+use crate::delete::{Doomed, Removal, Stop};
+use crate::delta::{self, Change, MetaDiff, Policy, Verdict};
 use crate::error::{Context, EntryError, EntryResult};
+use crate::filter::Filter;
 use crate::links::{Claim, First, HardLinks};
+use crate::lock::LOCK_NAME;
 use crate::meta::{Applied, MetaError, Node, Preserver};
 use crate::report::Reporter;
 use crate::sys::{self, Kind, Stat};
 use crate::walk::Plan;
-use std::collections::HashSet;
-use std::ffi::{CStr, OsStr};
+use std::collections::{HashMap, HashSet};
+use std::ffi::{CStr, CString, OsStr};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// A directory being copied: open handles on both sides, shared by the tasks of its entries
 /// and of its subdirectories. When the last of them is done the pair is dropped, and its drop
@@ -27,12 +34,20 @@ use std::sync::{Arc, Mutex};
 struct DirPair<'e> {
     src: OwnedFd,
     src_path: PathBuf,
-    dst: OwnedFd,
+    /// Relative to SRC: what filters match and itemized lines show.
+    rel: PathBuf,
+    /// None only in a dry run, for a destination directory that does not exist yet.
+    dst: Option<OwnedFd>,
     dst_path: PathBuf,
     dst_dev: u64,
     /// The source directory's metadata, to apply on completion; None for the destination
     /// directory of a single-file copy, which is not ours to change.
     meta: Option<Stat>,
+    /// The destination directory was there before this run.
+    existed: bool,
+    /// How an existing destination directory's metadata differed from its source's when the
+    /// run reached it (before our own renames inside changed its mtime).
+    pre_diff: MetaDiff,
     /// This destination directory has a default ACL, so what we create in it inherits ACLs.
     passes_acls: bool,
     /// This destination directory was created in one that passes ACLs on.
@@ -40,6 +55,8 @@ struct DirPair<'e> {
     /// The destination is a local filesystem: files are created one at a time (see
     /// `Engine::create_lock`).
     local_dst: bool,
+    /// With -x: a directory on another filesystem than SRC's; created, not entered.
+    boundary: bool,
     /// Keeps the parent open, and its metadata pending, until this subtree is done.
     parent: Option<Arc<DirPair<'e>>>,
     engine: &'e Engine,
@@ -55,22 +72,56 @@ impl DirPair<'_> {
         self.dst_path.join(OsStr::from_bytes(name.to_bytes()))
     }
 
+    fn rel(&self, name: &CStr) -> PathBuf {
+        self.rel.join(OsStr::from_bytes(name.to_bytes()))
+    }
+
+    /// The destination handle, where the directory exists (everywhere but below a directory a
+    /// dry run would create).
+    fn dst(&self) -> Option<BorrowedFd<'_>> {
+        self.dst.as_ref().map(|fd| fd.as_fd())
+    }
+
     /// Applies the directory's metadata once. An interrupted run leaves it for the next run.
     fn finish(&mut self) {
         if std::mem::replace(&mut self.finished, true) || crate::signal::received().is_some() {
             return;
         }
+        let engine = self.engine;
+        if engine.opts.count_deletions_only {
+            return;
+        }
         if let Some(meta) = &self.meta {
-            let engine = self.engine;
-            match engine.meta.apply_fd(
-                self.src.as_fd(),
-                self.dst.as_fd(),
-                meta,
-                self.inherited_acls,
-            ) {
-                Ok(applied) => engine.note(applied, self.dst_dev, &self.dst_path),
-                Err(e) => engine.rep.failed(&meta_error(e, &self.dst_path)),
+            if self.existed && self.pre_diff.any() {
+                engine
+                    .rep
+                    .itemize(Change::Meta(self.pre_diff), meta.mode, &self.rel, None);
+                engine.rep.updated();
             }
+            if let (Some(dst), false) = (self.dst(), engine.opts.dry_run) {
+                let result = if self.existed {
+                    engine.meta.sync_dir(self.src.as_fd(), dst, meta)
+                } else {
+                    engine
+                        .meta
+                        .apply_fd(self.src.as_fd(), dst, meta, self.inherited_acls)
+                        .map(Some)
+                };
+                match result {
+                    Ok(Some(applied)) => engine.note(applied, self.dst_dev, &self.dst_path),
+                    Ok(None) => {}
+                    Err(e) => engine.rep.failed(&meta_error(e, &self.dst_path)),
+                }
+            }
+        }
+        if engine.opts.fsync
+            && !engine.opts.dry_run
+            && let Some(dst) = self.dst()
+            && let Err(e) = sys::fsync(dst)
+        {
+            engine
+                .rep
+                .failed(&EntryError::new("fsync", &self.dst_path, e));
         }
     }
 }
@@ -89,12 +140,22 @@ impl Drop for DirPair<'_> {
     }
 }
 
+/// What the destination directory's listing says about a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hint {
+    /// Not there (the directory is new, or its listing lacks the name).
+    Absent,
+    /// Listed, or unknown: ask with lstat.
+    Look,
+}
+
 pub struct Engine {
     rep: Reporter,
     cache: DeviceCache,
     meta: Preserver,
     links: HardLinks,
     opts: Options,
+    filter: Filter,
     /// Serialises file creation on local destinations. There, creating is CPU work in the
     /// kernel's inode allocator, and concurrent allocations in one block group make ext4
     /// (without a journal, which skips recently freed inodes) rescan the group: W1 spent 70%
@@ -104,6 +165,14 @@ pub struct Engine {
     create_lock: Mutex<()>,
     /// Destination devices already warned about refusing xattrs.
     xattrs_refused_on: Mutex<HashSet<u64>>,
+    /// The device of SRC, for -x.
+    root_dev: OnceLock<u64>,
+    /// The destination root, for the first name a hard link's itemized line points to.
+    dst_root: OnceLock<PathBuf>,
+    /// Deletions still allowed by --max-delete (a backstop: the pre-pass already refused a run
+    /// that would exceed it, but the tree may have changed since).
+    delete_budget: Option<AtomicU64>,
+    budget_reported: AtomicBool,
 }
 
 /// The parts of the Config the engine acts on.
@@ -112,6 +181,17 @@ pub struct Options {
     pub xattrs: bool,
     pub hard_links: bool,
     pub reflink: Reflink,
+    pub policy: Policy,
+    pub delete: bool,
+    pub delete_excluded: bool,
+    pub max_delete: Option<u64>,
+    pub dry_run: bool,
+    pub fsync: bool,
+    pub verify: bool,
+    pub one_file_system: bool,
+    /// Only list directories and count what --delete would remove (the --max-delete
+    /// pre-pass); implies a dry run.
+    pub count_deletions_only: bool,
 }
 
 impl Options {
@@ -120,20 +200,53 @@ impl Options {
             xattrs: cfg.xattrs,
             hard_links: cfg.hard_links,
             reflink: cfg.reflink,
+            policy: cfg.policy,
+            delete: cfg.delete,
+            delete_excluded: cfg.delete_excluded,
+            max_delete: cfg.max_delete,
+            dry_run: cfg.dry_run,
+            fsync: cfg.fsync,
+            verify: cfg.verify,
+            one_file_system: cfg.one_file_system,
+            count_deletions_only: false,
+        }
+    }
+
+    /// The options of the pre-pass that counts deletions.
+    pub fn counting_deletions(self) -> Self {
+        Options {
+            dry_run: true,
+            count_deletions_only: true,
+            max_delete: None,
+            ..self
         }
     }
 }
 
+/// How an entry's destination is produced, once decided.
+enum Write {
+    /// Nothing there: a new entry.
+    New,
+    /// Replacing what is there; `content`: --checksum found different content; `old` is the
+    /// destination's stat, for the itemized line.
+    Over { old: Stat, content: bool },
+}
+
 impl Engine {
-    pub fn new(rep: Reporter, opts: Options) -> Self {
+    pub fn new(rep: Reporter, opts: Options, filter: Filter) -> Self {
         Engine {
             rep,
             cache: DeviceCache::default(),
             meta: Preserver::new(opts.xattrs),
             links: HardLinks::default(),
             opts,
+            filter,
             create_lock: Mutex::new(()),
             xattrs_refused_on: Mutex::new(HashSet::new()),
+            root_dev: OnceLock::new(),
+            dst_root: OnceLock::new(),
+            delete_budget: opts.max_delete.map(AtomicU64::new),
+            budget_reported: AtomicBool::new(false),
         }
     }
 
@@ -166,42 +279,72 @@ impl Engine {
             .with_context(|| format!("open source directory {}", src.display()))?;
         let src_stat =
             sys::fstat(src_fd.as_fd()).with_context(|| format!("stat {}", src.display()))?;
-        if !dst_exists {
-            if let Some(parent) = dst.parent() {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("create directory {}", parent.display()))?;
-            }
-            match std::fs::create_dir(dst) {
-                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-                    return Err(e).with_context(|| format!("create directory {}", dst.display()));
-                }
-                _ => {}
-            }
+        let _ = self.root_dev.set(src_stat.dev);
+        let _ = self.dst_root.set(dst.to_path_buf());
+        let dry_run = self.opts.dry_run;
+        if !dst_exists && !dry_run {
+            crate::walk::create_destination(dst)?;
         }
-        let dst_fd = sys::open_dir_path(dst)
-            .with_context(|| format!("open destination directory {}", dst.display()))?;
-        let dst_stat =
-            sys::fstat(dst_fd.as_fd()).with_context(|| format!("stat {}", dst.display()))?;
-        self.make_writable(&dst_fd, &dst_stat)
-            .with_context(|| format!("chmod {}", dst.display()))?;
+        let dst_fd = match (dst_exists, dry_run) {
+            (false, true) => None,
+            _ => Some(
+                sys::open_dir_path(dst)
+                    .with_context(|| format!("open destination directory {}", dst.display()))?,
+            ),
+        };
+        let (dst_dev, pre_diff, passes_acls, local_dst) = match &dst_fd {
+            Some(fd) => {
+                let dst_stat =
+                    sys::fstat(fd.as_fd()).with_context(|| format!("stat {}", dst.display()))?;
+                let pre_diff = if dst_exists {
+                    self.meta
+                        .diff(
+                            Node::Fd(src_fd.as_fd()),
+                            &src_stat,
+                            Node::Fd(fd.as_fd()),
+                            &dst_stat,
+                            self.opts.policy.modify_window_ns,
+                        )
+                        .map_err(|e| meta_error(e, dst))?
+                } else {
+                    MetaDiff::default()
+                };
+                if !dry_run {
+                    self.make_writable(fd, &dst_stat)
+                        .with_context(|| format!("chmod {}", dst.display()))?;
+                }
+                (
+                    dst_stat.dev,
+                    pre_diff,
+                    self.meta.passes_acls_on(fd.as_fd()),
+                    !sys::is_remote_fs(fd.as_fd()),
+                )
+            }
+            None => (0, MetaDiff::default(), false, true),
+        };
         self.rep.done_dir();
-        let passes_acls = self.meta.passes_acls_on(dst_fd.as_fd());
-        let local_dst = !sys::is_remote_fs(dst_fd.as_fd());
+        if !dst_exists {
+            self.created_dir(&src_stat, Path::new(""));
+        }
         let root = Arc::new(DirPair {
             src: src_fd,
             src_path: src.to_path_buf(),
+            rel: PathBuf::new(),
             dst: dst_fd,
             dst_path: dst.to_path_buf(),
-            dst_dev: dst_stat.dev,
+            dst_dev,
             meta: Some(src_stat),
+            existed: dst_exists,
+            pre_diff,
             passes_acls,
             inherited_acls: !dst_exists && passes_acls,
             local_dst,
+            boundary: false,
             parent: None,
             engine: self,
             finished: false,
         });
-        pool.scope(|scope| self.copy_dir(scope, root, true));
+        pool.scope(|scope| self.copy_dir(scope, root, dst_exists));
         Ok(())
     }
 
@@ -218,6 +361,7 @@ impl Engine {
         };
         let src_fd = sys::open_source_dir_path(src_dir)
             .with_context(|| format!("open directory {}", src_dir.display()))?;
+        let _ = self.dst_root.set(dst_dir.to_path_buf());
         let dst_fd = sys::open_dir_path(dst_dir)
             .with_context(|| format!("open destination directory {}", dst_dir.display()))?;
         let dst_dev = sys::fstat(dst_fd.as_fd())
@@ -228,13 +372,17 @@ impl Engine {
         let pair = DirPair {
             src: src_fd,
             src_path: src_dir.to_path_buf(),
-            dst: dst_fd,
+            rel: PathBuf::new(),
+            dst: Some(dst_fd),
             dst_path: dst_dir.to_path_buf(),
             dst_dev,
             meta: None,
+            existed: true,
+            pre_diff: MetaDiff::default(),
             passes_acls,
             inherited_acls: false,
             local_dst,
+            boundary: false,
             parent: None,
             engine: self,
             finished: false,
@@ -242,7 +390,9 @@ impl Engine {
         let src_name = sys::cstring(src_name)?;
         let dst_name = sys::cstring(dst_name)?;
         self.rep.found_entries(1);
-        pool.install(|| self.copy_file_as(&pair, &src_name, &dst_name));
+        pool.install(|| {
+            self.copy_entry(&pair, &src_name, &dst_name, Kind::File, Hint::Look);
+        });
         Ok(())
     }
 
@@ -284,11 +434,17 @@ impl Engine {
         }
     }
 
+    fn created_dir(&self, st: &Stat, rel: &Path) {
+        self.rep.created_dir();
+        self.rep.itemize(Change::Created, st.mode, rel, None);
+    }
+
     /// Lists one source directory and spawns a task per entry. Subdirectories are spawned
     /// first: the worker takes its newest tasks (this directory's files) itself, while idle
-    /// workers steal the oldest (the subdirectories) and list them in parallel.
+    /// workers steal the oldest (the subdirectories) and list them in parallel. Extraneous
+    /// destination entries are removed (--delete) before the entries are copied.
     fn copy_dir<'s>(&'s self, scope: &rayon::Scope<'s>, dir: Arc<DirPair<'s>>, dst_existed: bool) {
-        if crate::signal::received().is_some() {
+        if crate::signal::received().is_some() || dir.boundary {
             return;
         }
         let listing = match sys::list_dir(dir.src.as_fd()) {
@@ -297,11 +453,20 @@ impl Engine {
                 return self.report(Err(EntryError::new("read directory", &dir.src_path, e)));
             }
         };
-        if dst_existed {
-            self.remove_leftovers(&dir);
-        }
+        let is_root = dir.parent.is_none();
+        // The destination's own names: which entries exist (so new ones need no lstat), and
+        // what is left over for --delete once the source's names are taken out.
+        let mut dst_names = match (dst_existed, dir.dst()) {
+            (true, Some(dst)) => self.destination_names(&dir, dst, is_root),
+            _ => Some(HashMap::new()),
+        };
         let mut others = Vec::with_capacity(listing.len());
         for (name, kind) in listing {
+            if temp_owner(name.to_bytes()).is_some() || (is_root && name.as_c_str() == LOCK_NAME) {
+                // Another run's unfinished entry (SRC is being written by treecopy): never a
+                // complete file.
+                continue;
+            }
             let kind = match kind {
                 Some(kind) => kind,
                 None => match sys::lstat_at(dir.src.as_fd(), name.as_c_str()) {
@@ -312,148 +477,520 @@ impl Engine {
                     }
                 },
             };
+            if !self.filter.is_empty() && self.filter.excludes(&dir.rel(&name), kind == Kind::Dir) {
+                self.rep.excluded();
+                continue;
+            }
+            let hint = match dst_names
+                .as_mut()
+                .map(|names| names.remove(name.as_c_str()))
+            {
+                Some(None) => Hint::Absent,
+                _ => Hint::Look,
+            };
             if kind == Kind::Dir {
                 let dir = Arc::clone(&dir);
-                scope.spawn(move |scope| self.enter_dir(scope, &dir, &name));
+                scope.spawn(move |scope| self.enter_dir(scope, &dir, &name, hint));
             } else {
-                others.push((name, kind));
+                others.push((name, kind, hint));
             }
         }
+        if self.opts.delete
+            && let (Some(names), Some(dst)) = (dst_names, dir.dst())
+        {
+            self.delete_extraneous(&dir, dst, names);
+        }
+        if self.opts.count_deletions_only {
+            return;
+        }
         self.rep.found_entries(others.len() as u64);
-        for (name, kind) in others {
+        for (name, kind, hint) in others {
             let dir = Arc::clone(&dir);
             scope.spawn(move |_| {
                 if crate::signal::received().is_some() {
                     return;
                 }
-                match kind {
-                    Kind::File => self.copy_file_as(&dir, &name, &name),
-                    Kind::Symlink => self.report(self.copy_symlink(&dir, &name)),
-                    Kind::Special => self.report(self.copy_special(&dir, &name)),
-                    Kind::Dir => unreachable!("directories are spawned above"),
-                }
+                self.copy_entry(&dir, &name, &name, kind, hint);
             });
         }
     }
 
-    /// Removes temp files a killed run left in a destination directory we did not create.
-    fn remove_leftovers(&self, dir: &DirPair) {
-        match sys::list_dir(dir.dst.as_fd()) {
-            Ok(listing) => {
-                for name in remove_stale(dir.dst.as_fd(), &listing) {
-                    self.rep
-                        .verbose(|| format!("removed leftover {}", dir.dst_path(&name).display()));
+    /// The names in an existing destination directory, without temp entries (those of dead
+    /// runs are removed here) and the lock file. None if it cannot be listed: then every entry
+    /// is looked up by name.
+    fn destination_names(
+        &self,
+        dir: &DirPair,
+        dst: BorrowedFd<'_>,
+        is_root: bool,
+    ) -> Option<HashMap<CString, Option<Kind>>> {
+        let listing = match sys::list_dir(dst) {
+            Ok(listing) => listing,
+            Err(e) => {
+                self.rep.warn(&format!(
+                    "read directory {}: {e}; leftover temp files there are not cleaned",
+                    dir.dst_path.display()
+                ));
+                return None;
+            }
+        };
+        if !self.opts.dry_run {
+            for name in remove_stale(dst, &listing) {
+                self.rep
+                    .verbose(|| format!("removed leftover {}", dir.dst_path(&name).display()));
+            }
+        }
+        Some(
+            listing
+                .into_iter()
+                .filter(|(name, _)| {
+                    temp_owner(name.to_bytes()).is_none()
+                        && !(is_root && name.as_c_str() == LOCK_NAME)
+                })
+                .collect(),
+        )
+    }
+
+    /// Removes what the destination directory holds that the source does not (--delete):
+    /// excluded names stay unless --delete-excluded.
+    fn delete_extraneous(
+        &self,
+        dir: &DirPair,
+        dst: BorrowedFd<'_>,
+        names: HashMap<CString, Option<Kind>>,
+    ) {
+        let mut names: Vec<_> = names.into_iter().collect();
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, kind) in names {
+            if crate::signal::received().is_some() {
+                return;
+            }
+            let rel = dir.rel(&name);
+            if !self.opts.delete_excluded && !self.filter.is_empty() {
+                let is_dir = match kind {
+                    Some(kind) => kind == Kind::Dir,
+                    None => {
+                        sys::lstat_at(dst, name.as_c_str()).is_ok_and(|st| st.kind() == Kind::Dir)
+                    }
+                };
+                if self.filter.excludes(&rel, is_dir) {
+                    continue;
                 }
             }
-            Err(e) => self.rep.warn(&format!(
-                "read directory {}: {e}; leftover temp files there are not cleaned",
-                dir.dst_path.display()
-            )),
+            self.remove(dst, &name, &rel, &dir.dst_path(&name));
+        }
+    }
+
+    /// Removes a destination entry and everything below it, itemizing and counting each;
+    /// returns whether it is gone.
+    fn remove(&self, dst: BorrowedFd<'_>, name: &CStr, rel: &Path, path: &Path) -> bool {
+        let visit = |doomed: &Doomed<'_>| {
+            if let Some(budget) = &self.delete_budget
+                && budget
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1))
+                    .is_err()
+            {
+                return false;
+            }
+            self.rep
+                .itemize(Change::Deleted, doomed.mode, doomed.rel, None);
+            self.rep
+                .verbose(|| format!("deleted {}", doomed.rel.display()));
+            self.rep.deleted();
+            true
+        };
+        let removal = Removal {
+            dry_run: self.opts.dry_run,
+            root: self.meta.root,
+            visit: &visit,
+        };
+        match removal.remove(dst, name, rel, path) {
+            Ok(()) => true,
+            Err(Stop::Budget) => {
+                if !self.budget_reported.swap(true, Ordering::SeqCst) {
+                    self.rep.failed(&EntryError::new(
+                        "delete",
+                        path,
+                        io::Error::other(format!(
+                            "--max-delete {} reached; this and further entries are not deleted",
+                            self.opts.max_delete.unwrap_or_default()
+                        )),
+                    ));
+                }
+                false
+            }
+            Err(Stop::Failed(e)) => {
+                self.report(Err(e));
+                false
+            }
         }
     }
 
     /// Creates (or reuses) the destination directory for `name` and copies its contents.
-    fn enter_dir<'s>(&'s self, scope: &rayon::Scope<'s>, parent: &Arc<DirPair<'s>>, name: &CStr) {
+    fn enter_dir<'s>(
+        &'s self,
+        scope: &rayon::Scope<'s>,
+        parent: &Arc<DirPair<'s>>,
+        name: &CStr,
+        hint: Hint,
+    ) {
         if crate::signal::received().is_some() {
             return;
         }
-        match self.open_dir_pair(parent, name) {
-            Ok((pair, existed)) => {
+        match self.open_dir_pair(parent, name, hint) {
+            Ok(pair) => {
                 self.rep.done_dir();
+                let existed = pair.existed;
                 self.copy_dir(scope, Arc::new(pair), existed);
             }
             Err(err) => self.report(Err(err)),
         }
     }
 
-    /// Opens the source directory `name` and creates or opens its destination. Returns the
-    /// pair and whether the destination existed.
+    /// Opens the source directory `name` and creates or opens its destination.
     fn open_dir_pair<'s>(
         &'s self,
         parent: &Arc<DirPair<'s>>,
         name: &CStr,
-    ) -> EntryResult<(DirPair<'s>, bool)> {
+        hint: Hint,
+    ) -> EntryResult<DirPair<'s>> {
         let src_path = parent.src_path(name);
         let dst_path = parent.dst_path(name);
+        let rel = parent.rel(name);
         let src =
             sys::open_source_dir(parent.src.as_fd(), name).ctx("open directory", &src_path)?;
         let src_stat = sys::fstat(src.as_fd()).ctx("stat", &src_path)?;
-        let existed = match sys::mkdir_at(parent.dst.as_fd(), name, 0o700) {
-            Ok(()) => false,
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => true,
-            Err(e) => return Err(EntryError::new("create directory", &dst_path, e)),
-        };
-        let dst = sys::open_dir(parent.dst.as_fd(), name).ctx("open directory", &dst_path)?;
-        let dst_dev = if existed {
-            // An existing directory may be a mount point of another filesystem.
-            let st = sys::fstat(dst.as_fd()).ctx("stat", &dst_path)?;
-            self.make_writable(&dst, &st).ctx("chmod", &dst_path)?;
-            st.dev
-        } else {
-            parent.dst_dev
-        };
-        let passes_acls = self.meta.passes_acls_on(dst.as_fd());
-        // A directory that existed may be a mount point of another filesystem.
-        let local_dst = if existed {
-            !sys::is_remote_fs(dst.as_fd())
-        } else {
-            parent.local_dst
-        };
-        let pair = DirPair {
+        let boundary =
+            self.opts.one_file_system && self.root_dev.get().is_some_and(|&d| d != src_stat.dev);
+        let dry_run = self.opts.dry_run;
+        let mut existed = false;
+        let mut dst = None;
+        if let Some(pdst) = parent.dst() {
+            let created = hint == Hint::Absent
+                && !dry_run
+                && match sys::mkdir_at(pdst, name, 0o700) {
+                    Ok(()) => true,
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => false,
+                    Err(e) => return Err(EntryError::new("create directory", &dst_path, e)),
+                };
+            if !created {
+                match sys::lstat_at(pdst, name) {
+                    Ok(st) if st.kind() == Kind::Dir => existed = true,
+                    Ok(_) if self.opts.delete => {
+                        if !self.remove(pdst, name, &rel, &dst_path) {
+                            return Err(EntryError::interrupted(&dst_path));
+                        }
+                    }
+                    Ok(_) => {
+                        return Err(EntryError::new(
+                            "create directory",
+                            &dst_path,
+                            io::Error::other(
+                                "a non-directory of that name is in the way (--delete replaces it)",
+                            ),
+                        ));
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                    Err(e) => return Err(EntryError::new("stat", &dst_path, e)),
+                }
+                if !existed && !dry_run {
+                    sys::mkdir_at(pdst, name, 0o700).ctx("create directory", &dst_path)?;
+                }
+            }
+            if existed || !dry_run {
+                dst = Some(sys::open_dir(pdst, name).ctx("open directory", &dst_path)?);
+            }
+        }
+        let mut pre_diff = MetaDiff::default();
+        let (mut dst_dev, mut local_dst, mut passes_acls) =
+            (parent.dst_dev, parent.local_dst, false);
+        if let Some(fd) = &dst {
+            if existed {
+                // An existing directory may be a mount point of another filesystem.
+                let st = sys::fstat(fd.as_fd()).ctx("stat", &dst_path)?;
+                pre_diff = self
+                    .meta
+                    .diff(
+                        Node::Fd(src.as_fd()),
+                        &src_stat,
+                        Node::Fd(fd.as_fd()),
+                        &st,
+                        self.opts.policy.modify_window_ns,
+                    )
+                    .map_err(|e| meta_error(e, &dst_path))?;
+                if !dry_run {
+                    self.make_writable(fd, &st).ctx("chmod", &dst_path)?;
+                }
+                dst_dev = st.dev;
+                local_dst = !sys::is_remote_fs(fd.as_fd());
+            }
+            passes_acls = self.meta.passes_acls_on(fd.as_fd());
+        }
+        if !existed && !self.opts.count_deletions_only {
+            self.created_dir(&src_stat, &rel);
+        }
+        Ok(DirPair {
             src,
             src_path,
+            rel,
             dst,
             dst_path,
             dst_dev,
             meta: Some(src_stat),
+            existed,
+            pre_diff,
             passes_acls,
             inherited_acls: !existed && parent.passes_acls,
             local_dst,
+            boundary,
             parent: Some(Arc::clone(parent)),
             engine: self,
             finished: false,
-        };
-        Ok((pair, existed))
+        })
     }
 
-    /// Copies the regular file `src_name` of `dir` to `dst_name` in its destination directory,
-    /// and reports the outcome.
-    fn copy_file_as(&self, dir: &DirPair, src_name: &CStr, dst_name: &CStr) {
-        let src_path = dir.src_path(src_name);
-        let dst_path = dir.dst_path(dst_name);
-        match self.copy_file(dir, src_name, dst_name, &src_path, &dst_path) {
-            Ok(FileOutcome::Copied(bytes)) => self.rep.done_file(bytes),
-            Ok(FileOutcome::Linked) => self.rep.done_hardlink(),
-            Err(err) => self.report(Err(err)),
+    /// Copies (or leaves, or fixes) the non-directory `src_name` of `dir` as `dst_name` in its
+    /// destination directory, and reports the outcome.
+    fn copy_entry(&self, dir: &DirPair, src_name: &CStr, dst_name: &CStr, kind: Kind, hint: Hint) {
+        let at = At {
+            dir,
+            src_name,
+            dst_name,
+            src_path: dir.src_path(src_name),
+            dst_path: dir.dst_path(dst_name),
+            rel: dir.rel(dst_name),
+        };
+        let result = match kind {
+            Kind::File => self.copy_file(&at, hint),
+            Kind::Symlink => self.copy_symlink(&at, hint),
+            Kind::Special => self.copy_special(&at, hint),
+            Kind::Dir => unreachable!("directories are entered, not copied as entries"),
+        };
+        self.report(result);
+    }
+
+    /// The destination entry of that name, if there is one.
+    fn existing(&self, at: &At, hint: Hint) -> EntryResult<Option<Stat>> {
+        let (Hint::Look, Some(dst)) = (hint, at.dir.dst()) else {
+            return Ok(None);
+        };
+        match sys::lstat_at(dst, at.dst_name) {
+            Ok(st) => Ok(Some(st)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(EntryError::new("stat", &at.dst_path, e)),
         }
     }
 
-    fn copy_file(
+    /// Decides what to do about an existing destination entry of a source entry `st`:
+    /// Some(write) to write the entry (new or over the old one), None when it is done (up to
+    /// date, kept, or its metadata fixed in place). `same_content` compares what the stats
+    /// cannot (file content with --checksum, a symlink's target).
+    fn settle(
         &self,
-        dir: &DirPair,
-        src_name: &CStr,
-        dst_name: &CStr,
-        src_path: &Path,
-        dst_path: &Path,
-    ) -> EntryResult<FileOutcome> {
-        let src = sys::open_source(dir.src.as_fd(), src_name).ctx("open", src_path)?;
-        let st = sys::fstat(src.as_fd()).ctx("stat", src_path)?;
+        at: &At,
+        st: &Stat,
+        old: Option<Stat>,
+        first: &mut Option<First<'_>>,
+        same_content: impl FnOnce() -> EntryResult<bool>,
+    ) -> EntryResult<Option<Write>> {
+        let Some(old) = old else {
+            return Ok(Some(Write::New));
+        };
+        let mut verdict = delta::decide(st, Some(&old), &self.opts.policy);
+        // A destination file sharing its inode with other names, whose source does not: fixing
+        // it in place would change those names too.
+        if st.kind() == Kind::File
+            && old.nlink > 1
+            && (st.nlink < 2 || !self.opts.hard_links)
+            && matches!(verdict, Verdict::Same | Verdict::CompareContent)
+        {
+            verdict = Verdict::Replace;
+        }
+        let content_differs = match verdict {
+            Verdict::Create => return Ok(Some(Write::New)),
+            Verdict::Kept => {
+                self.rep.skipped(file_size(st));
+                if let Some(first) = first.take() {
+                    first.committed(&at.dst_path);
+                }
+                return Ok(None);
+            }
+            Verdict::Replace => false,
+            Verdict::Same if st.kind() != Kind::Symlink => false,
+            Verdict::Same | Verdict::CompareContent => !same_content()?,
+        };
+        if old.kind() == Kind::Dir {
+            // Replacing a directory by a non-directory: only --delete removes the directory.
+            return self.clear_directory(at, &old).map(|()| Some(Write::New));
+        }
+        if verdict == Verdict::Replace || content_differs {
+            let content = verdict != Verdict::Replace;
+            return Ok(Some(Write::Over { old, content }));
+        }
+        let dst = at
+            .dir
+            .dst()
+            .expect("an existing entry has a destination directory");
+        let src_node = Node::At(at.dir.src.as_fd(), at.src_name);
+        let diff = self
+            .meta
+            .diff(
+                src_node,
+                st,
+                Node::At(dst, at.dst_name),
+                &old,
+                self.opts.policy.modify_window_ns,
+            )
+            .map_err(|e| meta_error(e, &at.dst_path))?;
+        if diff.any() {
+            if !self.opts.dry_run {
+                let applied = self
+                    .meta
+                    .fix_in_place(src_node, dst, at.dst_name, st, &diff)
+                    .map_err(|e| meta_error(e, &at.dst_path))?;
+                self.note(applied, at.dir.dst_dev, &at.dst_path);
+            }
+            self.rep.itemize(Change::Meta(diff), st.mode, &at.rel, None);
+            self.rep.updated();
+        } else {
+            self.rep.skipped(file_size(st));
+        }
+        if let Some(first) = first.take() {
+            first.committed(&at.dst_path);
+        }
+        Ok(None)
+    }
+
+    /// Removes a destination directory that a non-directory replaces, with --delete; fails the
+    /// entry otherwise.
+    fn clear_directory(&self, at: &At, old: &Stat) -> EntryResult<()> {
+        debug_assert_eq!(old.kind(), Kind::Dir);
+        if !self.opts.delete {
+            return Err(EntryError::new(
+                "replace",
+                &at.dst_path,
+                io::Error::other("a directory of that name is in the way (--delete replaces it)"),
+            ));
+        }
+        let dst = at
+            .dir
+            .dst()
+            .expect("an existing entry has a destination directory");
+        if self.remove(dst, at.dst_name, &at.rel, &at.dst_path) {
+            Ok(())
+        } else {
+            Err(EntryError::interrupted(&at.dst_path))
+        }
+    }
+
+    /// The itemized change for an entry written by this run.
+    fn written(&self, how: &Write, st: &Stat) -> Change {
+        match how {
+            Write::Over { old, content } if old.kind() == st.kind() => Change::Data {
+                content: *content,
+                size: st.kind() == Kind::File && old.size != st.size,
+                meta: self
+                    .meta
+                    .expect()
+                    .diff(st, old, self.opts.policy.modify_window_ns),
+            },
+            _ => Change::Created,
+        }
+    }
+
+    fn copy_file(&self, at: &At, hint: Hint) -> EntryResult<()> {
+        let old = self.existing(at, hint)?;
+        let dir = at.dir;
+        // A new entry is opened at once (its fstat is all the stat it needs); an existing one
+        // is compared by lstat first, so that an up-to-date file is never opened.
+        let (src, st) = match old {
+            None => {
+                let src =
+                    sys::open_source(dir.src.as_fd(), at.src_name).ctx("open", &at.src_path)?;
+                let st = sys::fstat(src.as_fd()).ctx("stat", &at.src_path)?;
+                (Some(src), st)
+            }
+            Some(_) => (
+                None,
+                sys::lstat_at(dir.src.as_fd(), at.src_name).ctx("stat", &at.src_path)?,
+            ),
+        };
         if st.kind() != Kind::File {
             // Replaced by something else since the listing: never read a FIFO or device.
             return Err(EntryError::new(
                 "open",
-                src_path,
+                &at.src_path,
                 io::Error::other("changed type during the copy; not a regular file"),
             ));
         }
-        let first = match self.link_or_claim(&st, dir, dst_name, dst_path)? {
-            LinkStep::Linked => return Ok(FileOutcome::Linked),
+        let mut first = match self.link_or_claim(&st, at, old.as_ref())? {
+            LinkStep::Done => return Ok(()),
             LinkStep::Copy(first) => first,
         };
+        let how = self.settle(at, &st, old, &mut first, || self.same_content(at))?;
+        let Some(how) = how else {
+            return Ok(());
+        };
+        let change = self.written(&how, &st);
+        if self.opts.dry_run {
+            self.rep.itemize(change, st.mode, &at.rel, None);
+            self.rep.done_file(st.size);
+            if let Some(first) = first {
+                first.committed(&at.dst_path);
+            }
+            return Ok(());
+        }
+        let (src, st) = match src {
+            Some(src) => (src, st),
+            None => {
+                let src =
+                    sys::open_source(dir.src.as_fd(), at.src_name).ctx("open", &at.src_path)?;
+                let st = sys::fstat(src.as_fd()).ctx("stat", &at.src_path)?;
+                (src, st)
+            }
+        };
+        let bytes = self.write_file(at, &src, &st)?;
+        if let Some(first) = first {
+            first.committed(&at.dst_path);
+        }
+        self.rep.itemize(change, st.mode, &at.rel, None);
+        self.rep.done_file(bytes);
+        Ok(())
+    }
+
+    /// --checksum: whether the destination file holds the source's bytes.
+    fn same_content(&self, at: &At) -> EntryResult<bool> {
+        let dst = at
+            .dir
+            .dst()
+            .expect("an existing entry has a destination directory");
+        let src = sys::open_source(at.dir.src.as_fd(), at.src_name).ctx("open", &at.src_path)?;
+        let old = sys::open_read(dst, at.dst_name).ctx("open", &at.dst_path)?;
+        let (a, _) =
+            crate::hash::hash_fd(src.as_fd()).map_err(|e| self.hash_error(&at.src_path, e))?;
+        let (b, _) =
+            crate::hash::hash_fd(old.as_fd()).map_err(|e| self.hash_error(&at.dst_path, e))?;
+        Ok(a == b)
+    }
+
+    fn hash_error(&self, path: &Path, e: nix::errno::Errno) -> EntryError {
+        if e == nix::errno::Errno::EINTR && crate::signal::received().is_some() {
+            EntryError::interrupted(path)
+        } else {
+            EntryError::new("read", path, e)
+        }
+    }
+
+    /// Writes the file's data and metadata to a temp file and commits it over its name.
+    /// Returns the bytes copied.
+    fn write_file(&self, at: &At, src: &OwnedFd, st: &Stat) -> EntryResult<u64> {
+        let dir = at.dir;
+        let dst_dir = dir.dst().expect("a real run has its destination directory");
+        let (src_path, dst_path) = (at.src_path.as_path(), at.dst_path.as_path());
         self.rep.found_bytes(st.size);
         let temp = {
             let _one_at_a_time = dir.local_dst.then(|| lock(&self.create_lock));
-            TempEntry::file(dir.dst.as_fd()).ctx("create temp file for", dst_path)?
+            TempEntry::file(dst_dir).ctx("create temp file for", dst_path)?
         };
         let temp_fd = temp.fd().expect("a temp file is open");
         self.rep
@@ -480,64 +1017,101 @@ impl Engine {
         });
         let applied = self
             .meta
-            .apply_fd(src.as_fd(), temp_fd, &st, dir.passes_acls)
+            .apply_fd(src.as_fd(), temp_fd, st, dir.passes_acls)
             .map_err(|e| meta_error(e, dst_path))?;
         self.note(applied, dir.dst_dev, dst_path);
-        self.commit(temp, dst_name, dir, dst_path)?;
-        if let Some(first) = first {
-            first.committed(dst_path);
+        if self.opts.verify {
+            self.verify(&temp, src, at)?;
         }
-        Ok(FileOutcome::Copied(bytes))
+        self.commit(temp, at.dst_name, dir, dst_path)?;
+        Ok(bytes)
+    }
+
+    /// --verify: reads the temp file back (from the disk, after --fsync) and compares its hash
+    /// with the source's. Done before the rename, so a copy that does not match never appears
+    /// under the final name.
+    fn verify(&self, temp: &TempEntry<'_>, src: &OwnedFd, at: &At) -> EntryResult<()> {
+        let written = temp.fd().expect("a temp file is open");
+        if self.opts.fsync {
+            sys::fsync(written).ctx("fsync", &at.dst_path)?;
+            sys::drop_cache(written);
+        }
+        let back = sys::open_read(temp.dir(), temp.name()).ctx("open for verify", &at.dst_path)?;
+        let (a, _) =
+            crate::hash::hash_fd(src.as_fd()).map_err(|e| self.hash_error(&at.src_path, e))?;
+        let (b, _) =
+            crate::hash::hash_fd(back.as_fd()).map_err(|e| self.hash_error(&at.dst_path, e))?;
+        if a != b {
+            return Err(EntryError::between(
+                "verify",
+                &at.src_path,
+                &at.dst_path,
+                io::Error::other("the copy's content differs from the source's"),
+            ));
+        }
+        self.rep
+            .verbose(|| format!("verified {} (blake3 {})", at.dst_path.display(), a.to_hex()));
+        Ok(())
     }
 
     /// For an entry with more than one name: links this name to the group's copy when an
     /// earlier name was committed, or takes the duty to copy it. Entries with one name (or
     /// with --no-hard-links) are simply copied.
-    fn link_or_claim(
-        &self,
-        st: &Stat,
-        dir: &DirPair,
-        dst_name: &CStr,
-        dst_path: &Path,
-    ) -> EntryResult<LinkStep<'_>> {
+    fn link_or_claim(&self, st: &Stat, at: &At, old: Option<&Stat>) -> EntryResult<LinkStep<'_>> {
         if !self.opts.hard_links || st.nlink < 2 {
             return Ok(LinkStep::Copy(None));
         }
         match self.links.claim((st.dev, st.ino), st.nlink) {
             Claim::First(first) => Ok(LinkStep::Copy(Some(first))),
             Claim::LinkTo(existing) => {
-                self.link_file(dir, dst_name, &existing, dst_path)?;
-                Ok(LinkStep::Linked)
+                if old.is_some() && self.opts.policy.ignore_existing {
+                    self.rep.skipped(0);
+                } else if self.link_file(at, &existing, old)? {
+                    let target = self
+                        .dst_root
+                        .get()
+                        .and_then(|root| existing.strip_prefix(root).ok());
+                    let shown = target.map(|t| t.as_os_str().as_bytes()).unwrap_or(b"");
+                    let extra = target.map(|_| (" => ", shown));
+                    self.rep.itemize(Change::HardLink, st.mode, &at.rel, extra);
+                    self.rep.done_hardlink();
+                } else {
+                    self.rep.skipped(0);
+                }
+                Ok(LinkStep::Done)
             }
             Claim::FirstFailed if crate::signal::received().is_some() => {
-                Err(EntryError::interrupted(dst_path))
+                Err(EntryError::interrupted(&at.dst_path))
             }
             Claim::FirstFailed => Err(EntryError::new(
                 "hard link",
-                dst_path,
+                &at.dst_path,
                 io::Error::other("the first name of this hard-linked file was not copied"),
             )),
         }
     }
 
-    /// Gives `dst_name` the inode already committed at `existing`, atomically replacing what
-    /// was there; nothing to do if it is already that inode (a run over a complete copy).
-    fn link_file(
-        &self,
-        dir: &DirPair,
-        dst_name: &CStr,
-        existing: &Path,
-        dst_path: &Path,
-    ) -> EntryResult<()> {
-        if let (Ok(target), Ok(current)) = (
-            sys::lstat_long(existing),
-            sys::lstat_at(dir.dst.as_fd(), dst_name),
-        ) && (target.dev, target.ino) == (current.dev, current.ino)
+    /// Gives the name the inode already committed at `existing`, atomically replacing what
+    /// was there. Returns false if it already is that inode (a run over a complete copy).
+    fn link_file(&self, at: &At, existing: &Path, old: Option<&Stat>) -> EntryResult<bool> {
+        if let (Some(old), Ok(target)) = (old, sys::lstat_long(existing))
+            && (target.dev, target.ino) == (old.dev, old.ino)
         {
-            return Ok(());
+            return Ok(false);
         }
-        let temp = TempEntry::hard_link(dir.dst.as_fd(), existing).ctx("link", dst_path)?;
-        self.commit(temp, dst_name, dir, dst_path)
+        if let Some(old) = old.filter(|o| o.kind() == Kind::Dir) {
+            self.clear_directory(at, old)?;
+        }
+        if self.opts.dry_run {
+            return Ok(true);
+        }
+        let dst = at
+            .dir
+            .dst()
+            .expect("a real run has its destination directory");
+        let temp = TempEntry::hard_link(dst, existing).ctx("link", &at.dst_path)?;
+        self.commit(temp, at.dst_name, at.dir, &at.dst_path)?;
+        Ok(true)
     }
 
     fn commit(
@@ -548,7 +1122,7 @@ impl Engine {
         dst_path: &Path,
     ) -> EntryResult<()> {
         let temp_path = self.rep.is_verbose().then(|| dir.dst_path(temp.name()));
-        temp.commit(name)
+        temp.commit(name, self.opts.fsync)
             .map_err(|CommitError { op, source }| EntryError::new(op, dst_path, source))?;
         if let Some(temp_path) = temp_path {
             self.rep
@@ -557,84 +1131,123 @@ impl Engine {
         Ok(())
     }
 
-    fn copy_symlink(&self, dir: &DirPair, name: &CStr) -> EntryResult<()> {
-        let src_path = dir.src_path(name);
-        let dst_path = dir.dst_path(name);
-        let st = sys::lstat_at(dir.src.as_fd(), name).ctx("stat", &src_path)?;
-        let first = match self.link_or_claim(&st, dir, name, &dst_path)? {
-            LinkStep::Linked => {
-                self.rep.done_hardlink();
-                return Ok(());
-            }
+    fn copy_symlink(&self, at: &At, hint: Hint) -> EntryResult<()> {
+        let dir = at.dir;
+        let st = sys::lstat_at(dir.src.as_fd(), at.src_name).ctx("stat", &at.src_path)?;
+        let old = self.existing(at, hint)?;
+        let mut first = match self.link_or_claim(&st, at, old.as_ref())? {
+            LinkStep::Done => return Ok(()),
             LinkStep::Copy(first) => first,
         };
-        let target = sys::readlink_at(dir.src.as_fd(), name).ctx("read link", &src_path)?;
-        let temp = TempEntry::symlink(dir.dst.as_fd(), &target).ctx("create symlink", &dst_path)?;
-        let applied = self
-            .meta
-            .apply_symlink(
-                Node::At(dir.src.as_fd(), name),
-                temp.dir(),
-                temp.name(),
-                &st,
-            )
-            .map_err(|e| meta_error(e, &dst_path))?;
-        self.note(applied, dir.dst_dev, &dst_path);
-        self.commit(temp, name, dir, &dst_path)?;
-        if let Some(first) = first {
-            first.committed(&dst_path);
+        let target =
+            sys::readlink_at(dir.src.as_fd(), at.src_name).ctx("read link", &at.src_path)?;
+        let read_old_target = std::cell::Cell::new(false);
+        let same_target = || {
+            // A symlink's size is its target's length: only equal sizes need a readlink.
+            if old.is_some_and(|o| o.size != st.size) {
+                return Ok(false);
+            }
+            let dst = dir
+                .dst()
+                .expect("an existing entry has a destination directory");
+            let current = sys::readlink_at(dst, at.dst_name).ctx("read link", &at.dst_path)?;
+            read_old_target.set(true);
+            Ok(current == target)
+        };
+        let Some(how) = self.settle(at, &st, old, &mut first, same_target)? else {
+            if read_old_target.get() && !self.opts.dry_run {
+                // readlink may have set the copy's access time to now: put the source's back.
+                let dst = dir
+                    .dst()
+                    .expect("an existing entry has a destination directory");
+                sys::lutimens_at(dst, at.dst_name, st.atime, st.mtime)
+                    .ctx("set times", &at.dst_path)?;
+            }
+            return Ok(());
+        };
+        let change = self.written(&how, &st);
+        let shown = Some((" -> ", target.as_bytes()));
+        if !self.opts.dry_run {
+            let dst = dir.dst().expect("a real run has its destination directory");
+            let temp = TempEntry::symlink(dst, &target).ctx("create symlink", &at.dst_path)?;
+            let applied = self
+                .meta
+                .apply_symlink(
+                    Node::At(dir.src.as_fd(), at.src_name),
+                    temp.dir(),
+                    temp.name(),
+                    &st,
+                )
+                .map_err(|e| meta_error(e, &at.dst_path))?;
+            self.note(applied, dir.dst_dev, &at.dst_path);
+            self.commit(temp, at.dst_name, dir, &at.dst_path)?;
         }
+        if let Some(first) = first {
+            first.committed(&at.dst_path);
+        }
+        self.rep.itemize(change, st.mode, &at.rel, shown);
         self.rep.done_symlink();
         Ok(())
     }
 
     /// FIFOs, sockets and device nodes are recreated, never opened: a FIFO would block.
-    fn copy_special(&self, dir: &DirPair, name: &CStr) -> EntryResult<()> {
-        let src_path = dir.src_path(name);
-        let dst_path = dir.dst_path(name);
-        let st = sys::lstat_at(dir.src.as_fd(), name).ctx("stat", &src_path)?;
-        let first = match self.link_or_claim(&st, dir, name, &dst_path)? {
-            LinkStep::Linked => {
-                self.rep.done_hardlink();
-                return Ok(());
-            }
+    fn copy_special(&self, at: &At, hint: Hint) -> EntryResult<()> {
+        let dir = at.dir;
+        let st = sys::lstat_at(dir.src.as_fd(), at.src_name).ctx("stat", &at.src_path)?;
+        let old = self.existing(at, hint)?;
+        let mut first = match self.link_or_claim(&st, at, old.as_ref())? {
+            LinkStep::Done => return Ok(()),
             LinkStep::Copy(first) => first,
         };
-        let temp = TempEntry::node(dir.dst.as_fd(), st.mode, st.rdev).ctx("mknod", &dst_path)?;
-        let applied = self
-            .meta
-            .apply_node(
-                Node::At(dir.src.as_fd(), name),
-                temp.dir(),
-                temp.name(),
-                &st,
-                dir.passes_acls,
-            )
-            .map_err(|e| meta_error(e, &dst_path))?;
-        self.note(applied, dir.dst_dev, &dst_path);
-        self.commit(temp, name, dir, &dst_path)?;
-        if let Some(first) = first {
-            first.committed(&dst_path);
+        let Some(how) = self.settle(at, &st, old, &mut first, || Ok(true))? else {
+            return Ok(());
+        };
+        let change = self.written(&how, &st);
+        if !self.opts.dry_run {
+            let dst = dir.dst().expect("a real run has its destination directory");
+            let temp = TempEntry::node(dst, st.mode, st.rdev).ctx("mknod", &at.dst_path)?;
+            let applied = self
+                .meta
+                .apply_node(
+                    Node::At(dir.src.as_fd(), at.src_name),
+                    temp.dir(),
+                    temp.name(),
+                    &st,
+                    dir.passes_acls,
+                )
+                .map_err(|e| meta_error(e, &at.dst_path))?;
+            self.note(applied, dir.dst_dev, &at.dst_path);
+            self.commit(temp, at.dst_name, dir, &at.dst_path)?;
         }
+        if let Some(first) = first {
+            first.committed(&at.dst_path);
+        }
+        self.rep.itemize(change, st.mode, &at.rel, None);
         self.rep.done_special();
         Ok(())
     }
 }
 
+/// One non-directory entry being copied: where it is on both sides.
+struct At<'a, 'e> {
+    dir: &'a DirPair<'e>,
+    src_name: &'a CStr,
+    dst_name: &'a CStr,
+    src_path: PathBuf,
+    dst_path: PathBuf,
+    rel: PathBuf,
+}
+
 /// What to do with a name that may share its inode with others.
 enum LinkStep<'a> {
-    /// Linked to the group's copy: done.
-    Linked,
+    /// Linked to the group's copy (or already was): done.
+    Done,
     /// Copy it; with the group's duty when it has other names.
     Copy(Option<First<'a>>),
 }
 
-/// How a regular file's name was produced.
-enum FileOutcome {
-    /// Data copied, this many bytes.
-    Copied(u64),
-    /// Linked to an earlier name of the same source inode.
-    Linked,
+fn file_size(st: &Stat) -> u64 {
+    if st.kind() == Kind::File { st.size } else { 0 }
 }
 
 fn lock(mutex: &Mutex<()>) -> std::sync::MutexGuard<'_, ()> {

@@ -1,86 +1,109 @@
 //! treecopy: copies large directory trees in parallel, fast and safely. `run` takes a resolved
-//! Config and returns what happened; the binary maps that to an exit code.
+//! Config and returns what happened; the binary maps that to an exit code and the reports.
 
 pub mod cli;
 pub mod commit;
 pub mod config;
 pub mod copy;
+pub mod delete;
+pub mod delta;
 pub mod driver;
 pub mod error;
+pub mod filter;
+pub mod hash;
 pub mod links;
+pub mod lock;
 pub mod meta;
 pub mod progress;
 pub mod report;
 pub mod signal;
+pub mod summary;
 pub mod sys;
 pub mod walk;
 
 use config::{Config, ProgressMode};
+use filter::Filter;
+use lock::{DstLock, LockError};
 use progress::Display;
 use report::{Counters, Reporter};
 use std::io::IsTerminal;
+use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+pub use summary::Summary;
+use summary::{EXIT_DELETE_REFUSED, EXIT_LOCKED};
+use walk::Plan;
 
-/// The outcome of a run that started.
-#[derive(Debug, Clone)]
-pub struct Summary {
-    pub files: u64,
-    pub dirs: u64,
-    pub symlinks: u64,
-    pub specials: u64,
-    /// Names linked to an already copied file (hard links).
-    pub hardlinks: u64,
-    pub bytes: u64,
-    pub failed: u64,
-    pub elapsed: Duration,
-    /// The signal that stopped the run early.
-    pub interrupted: Option<i32>,
+/// A run refused before it changed anything, with its own exit status: DST locked by
+/// another run (3), or a deletion refused by --max-delete or an empty SRC (4).
+#[derive(Debug)]
+pub struct Refusal {
+    pub message: String,
+    pub exit_code: u8,
 }
 
-impl Summary {
-    /// The process exit status: 128+signal when interrupted, 1 when anything failed.
-    pub fn exit_code(&self) -> u8 {
-        match self.interrupted {
-            Some(sig) => (128 + sig).clamp(0, 255) as u8,
-            None if self.failed > 0 => 1,
-            None => 0,
-        }
-    }
-
-    /// One key=value line a script can parse.
-    pub fn line(&self) -> String {
-        let secs = self.elapsed.as_secs_f64();
-        let rate = self.bytes as f64 / secs.max(1e-6) / (1024.0 * 1024.0);
-        let mut line = format!(
-            "summary files={} dirs={} symlinks={} specials={} hardlinks={} bytes={} failed={} elapsed={secs:.3}s rate={rate:.1}MiB/s",
-            self.files,
-            self.dirs,
-            self.symlinks,
-            self.specials,
-            self.hardlinks,
-            self.bytes,
-            self.failed
-        );
-        if let Some(sig) = self.interrupted {
-            line.push_str(&format!(" interrupted=signal{sig}"));
-        }
-        line
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
     }
 }
 
-/// Copies as `cfg` says. An `Err` means the run could not start (exit status 2); failures of
-/// single entries are reported on stderr and counted in the Summary.
+impl std::error::Error for Refusal {}
+
+fn refuse(exit_code: u8, message: String) -> anyhow::Error {
+    Refusal { message, exit_code }.into()
+}
+
+/// Copies as `cfg` says. An `Err` means the run could not start (exit status 2, or a
+/// `Refusal`'s); failures of single entries are reported on stderr and counted in the Summary.
 pub fn run(cfg: &Config) -> anyhow::Result<Summary> {
     let started = Instant::now();
     signal::install()?;
     sys::raise_fd_limit();
     let operands = walk::inspect(&cfg.src, &cfg.dst)?;
     let plan = walk::plan(&cfg.src, &cfg.dst, &operands)?;
+    let filter = Filter::new(&cfg.rules)?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(cfg.jobs)
         .thread_name(|i| format!("treecopy-{i}"))
         .build()?;
+
+    // One run per destination tree: the lock is taken before anything in DST changes.
+    let mut dst_lock = None;
+    let dst_dir = match &plan {
+        Plan::Tree { dst, .. } if !cfg.dry_run => {
+            walk::create_destination(dst)?;
+            Some(sys::open_dir_path(dst).map_err(|e| {
+                anyhow::anyhow!("open destination directory {}: {e}", dst.display())
+            })?)
+        }
+        _ => None,
+    };
+    if let (Some(dir), Plan::Tree { dst, .. }) = (&dst_dir, &plan) {
+        let waiting = |holder: Option<i32>| {
+            if !cfg.quiet {
+                eprintln!(
+                    "treecopy: waiting for the lock on {} held by another run{}",
+                    dst.display(),
+                    holder.map(|p| format!(" (pid {p})")).unwrap_or_default()
+                );
+            }
+        };
+        match DstLock::acquire(dir.as_fd(), cfg.wait, waiting) {
+            Ok(lock) => dst_lock = Some(lock),
+            Err(LockError::Held(holder)) => {
+                return Err(refuse(EXIT_LOCKED, lock::held_message(dst, holder)));
+            }
+            Err(LockError::Io(e)) => {
+                anyhow::bail!("lock {}: {e}", dst.join(".treecopy.lock").display())
+            }
+        }
+    }
+    if cfg.delete
+        && let Plan::Tree { src, dst, .. } = &plan
+    {
+        check_deletions(cfg, src, dst, &pool, &plan)?;
+    }
 
     let counters = Arc::new(Counters::default());
     let terminal = std::io::stderr().is_terminal();
@@ -94,22 +117,94 @@ pub fn run(cfg: &Config) -> anyhow::Result<Summary> {
         Arc::clone(&counters),
         progress::start(display, Arc::clone(&counters)),
         cfg.verbose,
-    );
-    let engine = driver::Engine::new(rep, driver::Options::of(cfg));
+    )
+    .with_outputs(cfg.itemize, cfg.json || cfg.report.is_some());
+    let engine = driver::Engine::new(rep, driver::Options::of(cfg), filter);
     let outcome = engine.run(&plan, &pool);
     engine.reporter().finish();
+    let failures = engine.reporter().take_failures();
+    drop(engine);
+    if let Some(lock) = dst_lock {
+        // The root's times were set when its subtree was done, unless the run was cut short.
+        let times = match (&plan, signal::received()) {
+            (Plan::Tree { src, .. }, None) => {
+                sys::lstat_path(src).ok().map(|st| (st.atime, st.mtime))
+            }
+            _ => None,
+        };
+        lock.release(times);
+    }
     outcome?;
 
-    let get = Counters::get;
     Ok(Summary {
-        files: get(&counters.files),
-        dirs: get(&counters.dirs),
-        symlinks: get(&counters.symlinks),
-        specials: get(&counters.specials),
-        hardlinks: get(&counters.hardlinks),
-        bytes: get(&counters.committed_bytes),
-        failed: get(&counters.failed),
         elapsed: started.elapsed(),
         interrupted: signal::received(),
+        dry_run: cfg.dry_run,
+        failures,
+        ..Summary::from_counters(&counters)
     })
+}
+
+/// The safety checks of --delete, before anything is copied or deleted: an empty SRC (an
+/// unmounted filesystem looks empty) is refused unless --allow-empty-source; with
+/// --max-delete, a listing-only pass counts what would be deleted and refuses the run if it is
+/// more.
+fn check_deletions(
+    cfg: &Config,
+    src: &std::path::Path,
+    dst: &std::path::Path,
+    pool: &rayon::ThreadPool,
+    plan: &Plan,
+) -> anyhow::Result<()> {
+    let visible = |dir: &std::path::Path| -> anyhow::Result<usize> {
+        let Ok(fd) = sys::open_dir_path(dir) else {
+            return Ok(0);
+        };
+        let listing = sys::list_dir(fd.as_fd())
+            .map_err(|e| anyhow::anyhow!("read directory {}: {e}", dir.display()))?;
+        Ok(listing
+            .iter()
+            .filter(|(n, _)| {
+                commit::temp_owner(n.to_bytes()).is_none() && n.as_c_str() != lock::LOCK_NAME
+            })
+            .count())
+    };
+    if !cfg.allow_empty_source && visible(src)? == 0 && visible(dst)? > 0 {
+        return Err(refuse(
+            EXIT_DELETE_REFUSED,
+            format!(
+                "source {} is empty: --delete would empty {} (is SRC mounted?); use --allow-empty-source if that is meant",
+                src.display(),
+                dst.display()
+            ),
+        ));
+    }
+    let Some(max) = cfg.max_delete else {
+        return Ok(());
+    };
+    let counters = Arc::new(Counters::default());
+    let rep = Reporter::new(
+        Arc::clone(&counters),
+        progress::start(Display::None, Arc::clone(&counters)),
+        false,
+    );
+    let opts = driver::Options::of(cfg).counting_deletions();
+    let filter = Filter::new(&cfg.rules)?;
+    let engine = driver::Engine::new(rep, opts, filter);
+    engine.run(plan, pool)?;
+    drop(engine);
+    if let Some(sig) = signal::received() {
+        anyhow::bail!("interrupted by signal {sig} while counting deletions");
+    }
+    let would = Counters::get(&counters.deleted);
+    if would > max {
+        return Err(refuse(
+            EXIT_DELETE_REFUSED,
+            format!(
+                "--delete would remove {would} entries of {}, more than --max-delete {max}; nothing was changed",
+                dst.display()
+            ),
+        ));
+    }
+    Ok(())
 }

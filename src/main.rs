@@ -1,22 +1,73 @@
-//! The treecopy binary: parse the command line, run, print the summary, map it to an exit code.
+//! The treecopy binary: parse the command line, run, print the summary and the reports, map
+//! the outcome to an exit code.
 
-use clap::Parser;
 use std::io::Write;
 use std::process::ExitCode;
-use treecopy::cli::Cli;
+use std::time::{SystemTime, UNIX_EPOCH};
+use treecopy::Refusal;
+use treecopy::config::Config;
+use treecopy::summary::{self, EXIT_FATAL, Ending};
 
 fn main() -> ExitCode {
-    let cfg = Cli::parse().into_config();
-    match treecopy::run(&cfg) {
+    let cfg = match treecopy::cli::config_from_env() {
+        Ok(cfg) => cfg,
+        Err(err) => {
+            let _ = writeln!(std::io::stderr(), "treecopy: error: {err:#}");
+            return ExitCode::from(EXIT_FATAL);
+        }
+    };
+    let started = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default();
+    let code = match treecopy::run(&cfg) {
         Ok(summary) => {
             if !cfg.quiet {
                 let _ = writeln!(std::io::stderr(), "treecopy: {}", summary.line());
             }
-            ExitCode::from(summary.exit_code())
+            emit_report(&cfg, &Ending::Ran(&summary), started);
+            summary.exit_code()
         }
         Err(err) => {
             let _ = writeln!(std::io::stderr(), "treecopy: error: {err:#}");
-            ExitCode::from(2)
+            let code = err
+                .downcast_ref::<Refusal>()
+                .map(|r| r.exit_code)
+                .unwrap_or(EXIT_FATAL);
+            emit_report(&cfg, &Ending::Refused(format!("{err:#}"), code), started);
+            code
+        }
+    };
+    ExitCode::from(code)
+}
+
+/// --json on stdout, --report to a file (written whole under a temp name, then renamed, so a
+/// reader never sees half a report).
+fn emit_report(cfg: &Config, ending: &Ending<'_>, started: f64) {
+    if !cfg.json && cfg.report.is_none() {
+        return;
+    }
+    let doc = summary::report(&cfg.src, &cfg.dst, ending, started);
+    if cfg.json {
+        let _ = writeln!(std::io::stdout().lock(), "{doc}");
+    }
+    if let Some(path) = &cfg.report {
+        let text = serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n";
+        let temp = path.with_file_name(format!(
+            ".{}.tmp{}",
+            path.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default(),
+            std::process::id()
+        ));
+        let written = std::fs::write(&temp, text).and_then(|()| std::fs::rename(&temp, path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&temp);
+            let _ = writeln!(
+                std::io::stderr(),
+                "treecopy: error: write report {}: {e}",
+                path.display()
+            );
         }
     }
 }

@@ -2,7 +2,8 @@
 //! copied entry, in the order that keeps them: owner first (chown clears setuid/setgid and
 //! security.capability), then xattrs, then mode, then times last.
 
-use crate::sys::{self, Stat};
+use crate::delta::{Expect, MetaDiff};
+use crate::sys::{self, Kind, Stat};
 use std::ffi::{CStr, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
@@ -57,6 +58,15 @@ impl Node<'_> {
 
     fn list_xattrs(&self) -> io::Result<Vec<std::ffi::OsString>> {
         use xattr::FileExt;
+        if let Node::At(dir, name) = *self
+            && let Some(raw) = sys::list_xattrs_at(dir, name)
+        {
+            return Ok(raw?
+                .split(|&b| b == 0)
+                .filter(|n| !n.is_empty())
+                .map(|n| OsStr::from_bytes(n).to_os_string())
+                .collect());
+        }
         let names = match *self {
             Node::Fd(fd) => FdRef(fd).list_xattr()?,
             Node::At(dir, name) => xattr::list(Self::proc_path(dir, name))?,
@@ -99,11 +109,14 @@ fn errno_is(e: &io::Error, codes: &[i32]) -> bool {
 
 /// How metadata is reproduced in this run: who we are (root reproduces any owner; others
 /// keep what the kernel allows, as `cp -a` does) and whether xattrs are copied.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Preserver {
     pub root: bool,
     pub euid: u32,
     pub xattrs: bool,
+    /// The groups an unprivileged run may give its files (its effective and supplementary
+    /// groups); root may give any.
+    pub groups: Vec<u32>,
 }
 
 impl Preserver {
@@ -115,11 +128,178 @@ impl Preserver {
     }
 
     pub fn new(xattrs: bool) -> Self {
+        let mut groups: Vec<u32> = nix::unistd::getgroups()
+            .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+            .unwrap_or_default();
+        groups.push(nix::unistd::getegid().as_raw());
         Preserver {
             root: sys::is_root(),
             euid: nix::unistd::geteuid().as_raw(),
             xattrs,
+            groups,
         }
+    }
+
+    /// What an up-to-date destination entry should look like, for this run.
+    pub fn expect(&self) -> Expect<'_> {
+        Expect {
+            root: self.root,
+            euid: self.euid,
+            groups: &self.groups,
+        }
+    }
+
+    /// How an existing destination entry's metadata differs from what a copy of `st` would
+    /// have: owner, group, mode, mtime (within `window_ns`), and xattrs/ACLs when copied.
+    pub fn diff(
+        &self,
+        src: Node<'_>,
+        st: &Stat,
+        dst: Node<'_>,
+        dst_st: &Stat,
+        window_ns: u64,
+    ) -> Result<MetaDiff, MetaError> {
+        let mut diff = self.expect().diff(st, dst_st, window_ns);
+        if self.xattrs {
+            let (acls, others) = self.xattr_diff(src, dst)?;
+            diff.acls = acls;
+            diff.xattrs = others;
+        }
+        Ok(diff)
+    }
+
+    /// The xattrs a copy would carry: every readable one of `node`, sorted by name.
+    fn readable_xattrs(
+        &self,
+        node: Node<'_>,
+    ) -> Result<Vec<(std::ffi::OsString, Vec<u8>)>, MetaError> {
+        let names = match node.list_xattrs() {
+            Ok(names) => names,
+            Err(e) if errno_is(&e, &[libc::EOPNOTSUPP]) => Vec::new(),
+            Err(e) => return step("list xattrs of", Err(e)),
+        };
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            match node.get_xattr(&name) {
+                Ok(Some(value)) => out.push((name, value)),
+                Ok(None) => {}
+                Err(e) if !self.root && errno_is(&e, &[libc::EPERM, libc::EACCES]) => {}
+                Err(e) => return step("read xattr of", Err(e)),
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Whether the ACLs, and the other xattrs, of `dst` differ from those of `src`. The usual
+    /// case, neither having any, costs one list call each.
+    fn xattr_diff(&self, src: Node<'_>, dst: Node<'_>) -> Result<(bool, bool), MetaError> {
+        let (a, b) = (self.readable_xattrs(src)?, self.readable_xattrs(dst)?);
+        if a == b {
+            return Ok((false, false));
+        }
+        let is_acl = |n: &OsStr| n == ACL_ACCESS || n == ACL_DEFAULT;
+        let part = |v: &[(std::ffi::OsString, Vec<u8>)], acl: bool| {
+            v.iter()
+                .filter(|(n, _)| is_acl(n) == acl)
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        Ok((
+            part(&a, true) != part(&b, true),
+            part(&a, false) != part(&b, false),
+        ))
+    }
+
+    /// Makes the xattrs of `dst` those of `src`: sets every one of the source's, removes the
+    /// ones the source does not have.
+    fn sync_xattrs(&self, src: Node<'_>, dst: Node<'_>) -> Result<Applied, MetaError> {
+        let mut applied = Applied::default();
+        let want = self.readable_xattrs(src)?;
+        let have = self.readable_xattrs(dst)?;
+        for (name, _) in have
+            .iter()
+            .filter(|(n, _)| !want.iter().any(|(w, _)| w == n))
+        {
+            match dst.remove_xattr(name) {
+                Err(e) if !errno_is(&e, &[libc::ENODATA, libc::EOPNOTSUPP]) => {
+                    return step("remove xattr of", Err(e));
+                }
+                _ => {}
+            }
+        }
+        for (name, value) in want.iter().filter(|pair| !have.contains(pair)) {
+            match dst.set_xattr(name, value) {
+                Ok(()) => {}
+                Err(e) if errno_is(&e, &[libc::EOPNOTSUPP]) => {
+                    applied.xattrs_unsupported = true;
+                    return Ok(applied);
+                }
+                Err(e) if !self.root && errno_is(&e, &[libc::EPERM, libc::EACCES]) => {}
+                Err(e) => return step("set xattr on", Err(e)),
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Fixes, in place, the metadata of an existing destination entry whose data is up to
+    /// date: only what `diff` says differs, in the order that keeps it (chown, which clears
+    /// setuid/setgid, before chmod; times last, since the other changes leave mtime alone).
+    pub fn fix_in_place(
+        &self,
+        src: Node<'_>,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        st: &Stat,
+        diff: &MetaDiff,
+    ) -> Result<Applied, MetaError> {
+        let symlink = st.kind() == Kind::Symlink;
+        let mut perm = self.expect().perm(st);
+        let owner_changed = diff.owner || diff.group;
+        if owner_changed {
+            perm = self.set_owner(st, |u, g| sys::lchown_at(dir, name, u, g))?;
+        }
+        let mut applied = Applied::default();
+        if diff.acls || diff.xattrs {
+            applied = self.sync_xattrs(src, Node::At(dir, name))?;
+        }
+        // chown cleared setuid/setgid and a changed ACL may have rewritten the group bits.
+        if !symlink && (diff.perms || owner_changed || diff.acls) {
+            step("chmod", sys::chmod_nofollow_at(dir, name, perm))?;
+        }
+        if diff.mtime {
+            step("set times", sys::lutimens_at(dir, name, st.atime, st.mtime))?;
+        }
+        Ok(applied)
+    }
+
+    /// Owner, xattrs, mode and times of an existing destination directory, unless they are
+    /// already those of the source (a rerun). Returns None when nothing needed doing.
+    pub fn sync_dir(
+        &self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        st: &Stat,
+    ) -> Result<Option<Applied>, MetaError> {
+        let now = step("stat", sys::fstat(dst))?;
+        let diff = self.diff(Node::Fd(src), st, Node::Fd(dst), &now, 0)?;
+        if !diff.any() {
+            // Access times do not make a directory differ (listing it may have just changed
+            // its own), but they are put back.
+            if now.atime != st.atime {
+                step("set times", sys::futimens(dst, st.atime, st.mtime))?;
+            }
+            return Ok(None);
+        }
+        let perm = self.set_owner(st, |u, g| sys::fchown(dst, u, g))?;
+        let applied = if diff.acls || diff.xattrs {
+            self.sync_xattrs(Node::Fd(src), Node::Fd(dst))?
+        } else {
+            Applied::default()
+        };
+        step("chmod", sys::fchmod(dst, perm))?;
+        step("set times", sys::futimens(dst, st.atime, st.mtime))?;
+        Ok(Some(applied))
     }
 
     /// Gives the new entry the source's owner where permitted. Returns the permission bits

@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 /// The display of a run. `println` is the only way lines reach stderr while it is active.
 pub trait Progress: Send + Sync {
     fn println(&self, line: &str);
+    /// Writes one line (with its newline) on stdout without garbling the bar.
+    fn print_out(&self, line: &[u8]) {
+        write_out(line);
+    }
     /// Stops the display for good; later lines go straight to stderr.
     fn finish(&self);
 }
@@ -31,6 +35,11 @@ pub fn start(display: Display, counters: Arc<Counters>) -> Box<dyn Progress> {
         Display::Lines => Box::new(Lines::start(counters)),
         Display::None => Box::new(Plain),
     }
+}
+
+fn write_out(line: &[u8]) {
+    // A closed stdout (`| head`) is not the copy's failure: the lines are dropped.
+    let _ = std::io::stdout().lock().write_all(line);
 }
 
 /// No display: lines go straight to stderr.
@@ -128,6 +137,14 @@ impl Progress for Bar {
             Plain.println(line);
         } else {
             self.bar.suspend(|| Plain.println(line));
+        }
+    }
+
+    fn print_out(&self, line: &[u8]) {
+        if self.finished.load(Ordering::Acquire) {
+            write_out(line);
+        } else {
+            self.bar.suspend(|| write_out(line));
         }
     }
 

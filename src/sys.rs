@@ -460,3 +460,154 @@ pub fn is_remote_fs(fd: BorrowedFd<'_>) -> bool {
     ];
     nix::sys::statfs::fstatfs(fd).is_ok_and(|fs| REMOTE.contains(&fs.filesystem_type().0))
 }
+
+/// Takes an exclusive open-file-description lock on the whole of `fd` without waiting.
+/// Returns false when another process holds it. OFD locks are released when the last
+/// descriptor of the open file closes (a killed process releases them), work between
+/// threads of one process, and are carried over NFS by the NFS lock protocol.
+pub fn try_lock_exclusive(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock is a plain C struct; all-zero is a valid value that we then fill in.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: F_OFD_SETLK reads the flock struct we pass; the descriptor is open.
+    let ret = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &lock) };
+    if ret == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EAGAIN | libc::EACCES) => Ok(false),
+        _ => Err(err),
+    }
+}
+
+/// Opens (creating if needed) a regular file for reading and writing, never through a
+/// symlink.
+pub fn open_or_create_rw(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<OwnedFd> {
+    let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    Ok(nix::fcntl::openat(
+        dir,
+        name,
+        flags,
+        Mode::from_bits_truncate(mode),
+    )?)
+}
+
+/// Opens an existing regular file for reading (leaving its access time alone where allowed),
+/// never through a symlink, never blocking on a FIFO.
+pub fn open_read<P: nix::NixPath + ?Sized>(dir: BorrowedFd<'_>, name: &P) -> io::Result<OwnedFd> {
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    open_noatime(dir, name, flags)
+}
+
+pub fn fsync(fd: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(nix::unistd::fsync(fd)?)
+}
+
+/// Drops the cached pages of a file whose data is on disk, so that reading it back reads the
+/// disk (or the server), not our own writes in the page cache.
+pub fn drop_cache(fd: BorrowedFd<'_>) {
+    use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
+    let _ = posix_fadvise(fd, 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+}
+
+/// Reads at an offset, leaving the file offset alone.
+pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> Result<usize, Errno> {
+    nix::sys::uio::pread(fd, buf, offset as i64)
+}
+
+pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> Result<usize, Errno> {
+    nix::sys::uio::pwrite(fd, buf, offset as i64)
+}
+
+/// Removes the empty directory `name` in `dir`.
+pub fn rmdir_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    Ok(nix::unistd::unlinkat(
+        dir,
+        name,
+        nix::unistd::UnlinkatFlags::RemoveDir,
+    )?)
+}
+
+/// The xattr names of `name` in `dir` (not following a symlink) as the raw NUL-separated
+/// list, through listxattrat(2) (Linux 6.13): one call, no path through /proc. None where the
+/// kernel lacks it, so the caller takes the slower way.
+pub fn list_xattrs_at(dir: BorrowedFd<'_>, name: &CStr) -> Option<io::Result<Vec<u8>>> {
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // The same number on every architecture that uses the unified syscall table.
+    const SYS_LISTXATTRAT: libc::c_long = 465;
+    static MISSING: AtomicBool = AtomicBool::new(false);
+    if MISSING.load(Ordering::Relaxed) {
+        return None;
+    }
+    let call = |buf: &mut [u8]| {
+        // SAFETY: listxattrat writes at most buf.len() bytes into buf; name is NUL-terminated.
+        unsafe {
+            libc::syscall(
+                SYS_LISTXATTRAT,
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        }
+    };
+    let mut buf = vec![0u8; 256];
+    loop {
+        let n = call(&mut buf);
+        if n >= 0 {
+            buf.truncate(n as usize);
+            return Some(Ok(buf));
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::ENOSYS) => {
+                MISSING.store(true, Ordering::Relaxed);
+                return None;
+            }
+            Some(libc::ERANGE) => {
+                let needed = call(&mut []);
+                if needed < 0 {
+                    return Some(Err(io::Error::last_os_error()));
+                }
+                buf.resize(needed as usize + 1, 0);
+            }
+            _ => return Some(Err(err)),
+        }
+    }
+}
+
+/// chmod of a name relative to a directory that refuses to follow a symlink, through
+/// fchmodat2(2) (Linux 6.6); where the kernel lacks it, plain fchmodat on an entry we have
+/// just seen is not a symlink.
+pub fn chmod_nofollow_at(dir: BorrowedFd<'_>, name: &CStr, perm: u32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const SYS_FCHMODAT2: libc::c_long = 452;
+    static MISSING: AtomicBool = AtomicBool::new(false);
+    if !MISSING.load(Ordering::Relaxed) {
+        // SAFETY: fchmodat2 reads the NUL-terminated name; the directory handle is open.
+        let ret = unsafe {
+            libc::syscall(
+                SYS_FCHMODAT2,
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                perm as libc::mode_t,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if ret == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ENOSYS) {
+            return Err(err);
+        }
+        MISSING.store(true, Ordering::Relaxed);
+    }
+    chmod_at(dir, name, perm)
+}

@@ -106,6 +106,21 @@ fn push_lexically(out: &mut PathBuf, part: &Component<'_>) {
     }
 }
 
+/// Creates the destination directory of a tree copy (and its missing parents). One that
+/// appeared meanwhile is fine.
+pub fn create_destination(dst: &Path) -> Result<()> {
+    if let Some(parent) = dst.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("create directory {}", parent.display()))?;
+    }
+    match std::fs::create_dir(dst) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+            Err(e).with_context(|| format!("create directory {}", dst.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Decides what the run copies where, or refuses. Pure: all facts come in `ops`.
 pub fn plan(src: &Path, dst: &Path, ops: &Operands) -> Result<Plan> {
     match ops.src_kind {

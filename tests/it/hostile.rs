@@ -863,6 +863,44 @@ pub fn check_sparse(h: &Hostile, dst: &Path) -> Vec<String> {
 /// The run itself: exit 0, no error or warning line, and a summary that counts the tree
 /// (files, dirs, symlinks, special files, hard links, data bytes, failed=0).
 pub fn check_run(h: &Hostile, run: &Run) -> Vec<String> {
+    let c = &h.counts;
+    check_run_fields(
+        run,
+        &[
+            ("files", c.files),
+            ("dirs", c.dirs),
+            ("symlinks", c.symlinks),
+            ("specials", c.specials),
+            ("hardlinks", c.hardlinks),
+            ("bytes", c.bytes),
+            ("failed", 0),
+        ],
+    )
+}
+
+/// What a run over a complete copy must say: nothing written, every non-directory entry
+/// found up to date, nothing fixed.
+pub fn check_rerun(h: &Hostile, run: &Run) -> Vec<String> {
+    let c = &h.counts;
+    check_run_fields(
+        run,
+        &[
+            ("files", 0),
+            ("dirs", c.dirs),
+            ("symlinks", 0),
+            ("specials", 0),
+            ("hardlinks", 0),
+            ("bytes", 0),
+            ("copied", 0),
+            ("updated", 0),
+            ("skipped", c.files + c.symlinks + c.specials + c.hardlinks),
+            ("failed", 0),
+        ],
+    )
+}
+
+/// Exit 0, no error or warning line, and these summary fields.
+fn check_run_fields(run: &Run, want: &[(&str, u64)]) -> Vec<String> {
     let mut out = Vec::new();
     if run.code() != Some(0) {
         out.push(format!("exit status {:?}, want 0", run.status));
@@ -883,16 +921,6 @@ pub fn check_run(h: &Hostile, run: &Run) -> Vec<String> {
                 .join("\n    ")
         ));
     }
-    let c = &h.counts;
-    let want = [
-        ("files", c.files),
-        ("dirs", c.dirs),
-        ("symlinks", c.symlinks),
-        ("specials", c.specials),
-        ("hardlinks", c.hardlinks),
-        ("bytes", c.bytes),
-        ("failed", 0),
-    ];
     match summary_fields(run) {
         None => out.push("no summary line".into()),
         Some(fields) => {

@@ -1,0 +1,252 @@
+//! Removing destination entries that the source no longer has (--delete): a whole subtree,
+//! depth first, through directory handles, never following a symlink and never entering
+//! another filesystem mounted inside the destination. Iterative, so depth costs no stack.
+
+use crate::error::{Context, EntryError, EntryResult};
+use crate::sys::{self, Kind};
+use std::ffi::{CStr, CString, OsStr};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// One entry about to be removed.
+pub struct Doomed<'a> {
+    /// Relative to the destination root.
+    pub rel: &'a Path,
+    pub mode: u32,
+}
+
+/// How a removal goes: what it may do and whom it tells.
+pub struct Removal<'a> {
+    pub dry_run: bool,
+    /// Unprivileged runs open up directories they own but cannot write (a 0500 left behind).
+    pub root: bool,
+    /// Called before each entry is removed (children before their directory). Returning false
+    /// stops the removal: the budget of --max-delete is spent.
+    pub visit: &'a (dyn Fn(&Doomed<'_>) -> bool + Sync),
+}
+
+struct Frame {
+    fd: OwnedFd,
+    dev: u64,
+    mode: u32,
+    name: CString,
+    rel: PathBuf,
+    path: PathBuf,
+    pending: Vec<(CString, Option<Kind>)>,
+}
+
+/// Why a removal stopped before the end.
+pub enum Stop {
+    /// The visitor refused (the deletion budget is spent).
+    Budget,
+    Failed(EntryError),
+}
+
+impl From<EntryError> for Stop {
+    fn from(e: EntryError) -> Self {
+        Stop::Failed(e)
+    }
+}
+
+fn join(base: &Path, name: &CStr) -> PathBuf {
+    base.join(OsStr::from_bytes(name.to_bytes()))
+}
+
+impl Removal<'_> {
+    /// Removes `name` in `parent` (whatever it is, recursively). `rel` and `path` name it for
+    /// reports: relative to the destination root, and in full.
+    pub fn remove(
+        &self,
+        parent: BorrowedFd<'_>,
+        name: &CStr,
+        rel: &Path,
+        path: &Path,
+    ) -> Result<(), Stop> {
+        let st = sys::lstat_at(parent, name).ctx("stat", path)?;
+        if st.kind() != Kind::Dir {
+            return self.remove_leaf(parent, name, rel, path, st.mode);
+        }
+        let parent_dev = sys::fstat(parent).ctx("stat", path)?.dev;
+        let mut stack = vec![self.open(parent, name, rel, path, parent_dev)?];
+        while let Some(top) = stack.last_mut() {
+            let Some((child, kind)) = top.pending.pop() else {
+                let done = stack.pop().expect("the stack is not empty");
+                let above = stack.last().map(|f| f.fd.as_fd()).unwrap_or(parent);
+                self.finish_dir(above, done)?;
+                continue;
+            };
+            let (child_rel, child_path) = (join(&top.rel, &child), join(&top.path, &child));
+            let kind = match kind {
+                Some(kind) => kind,
+                None => sys::lstat_at(top.fd.as_fd(), child.as_c_str())
+                    .ctx("stat", &child_path)?
+                    .kind(),
+            };
+            if kind == Kind::Dir {
+                let (fd, dev) = (top.fd.as_fd(), top.dev);
+                let frame = self.open(fd, &child, &child_rel, &child_path, dev)?;
+                stack.push(frame);
+            } else {
+                let st =
+                    sys::lstat_at(top.fd.as_fd(), child.as_c_str()).ctx("stat", &child_path)?;
+                self.remove_leaf(top.fd.as_fd(), &child, &child_rel, &child_path, st.mode)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_leaf(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        rel: &Path,
+        path: &Path,
+        mode: u32,
+    ) -> Result<(), Stop> {
+        if !(self.visit)(&Doomed { rel, mode }) {
+            return Err(Stop::Budget);
+        }
+        if !self.dry_run {
+            sys::unlink_at(dir, name).ctx("delete", path)?;
+        }
+        Ok(())
+    }
+
+    fn open(
+        &self,
+        parent: BorrowedFd<'_>,
+        name: &CStr,
+        rel: &Path,
+        path: &Path,
+        parent_dev: u64,
+    ) -> Result<Frame, Stop> {
+        let fd = sys::open_dir(parent, name).ctx("open directory", path)?;
+        let st = sys::fstat(fd.as_fd()).ctx("stat", path)?;
+        if st.dev != parent_dev {
+            return Err(Stop::Failed(EntryError::new(
+                "delete",
+                path,
+                std::io::Error::other("another filesystem is mounted there; not entered"),
+            )));
+        }
+        if !self.root && !self.dry_run && st.perm() & 0o700 != 0o700 {
+            sys::fchmod(fd.as_fd(), st.perm() | 0o700).ctx("chmod", path)?;
+        }
+        let pending = sys::list_dir(fd.as_fd()).ctx("read directory", path)?;
+        Ok(Frame {
+            fd,
+            dev: st.dev,
+            mode: st.mode,
+            name: name.to_owned(),
+            rel: rel.to_path_buf(),
+            path: path.to_path_buf(),
+            pending,
+        })
+    }
+
+    fn finish_dir(&self, parent: BorrowedFd<'_>, frame: Frame) -> Result<(), Stop> {
+        if !(self.visit)(&Doomed {
+            rel: &frame.rel,
+            mode: frame.mode,
+        }) {
+            return Err(Stop::Budget);
+        }
+        drop(frame.fd);
+        if !self.dry_run {
+            sys::rmdir_at(parent, &frame.name).ctx("delete", &frame.path)?;
+        }
+        Ok(())
+    }
+}
+
+/// Removes a tree and reports the outcome as one entry error at most (used where the removal
+/// must finish before a replacement can be written).
+pub fn remove_for_replacement(
+    removal: &Removal<'_>,
+    parent: BorrowedFd<'_>,
+    name: &CStr,
+    rel: &Path,
+    path: &Path,
+) -> EntryResult<bool> {
+    match removal.remove(parent, name, rel, path) {
+        Ok(()) => Ok(true),
+        Err(Stop::Budget) => Ok(false),
+        Err(Stop::Failed(e)) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+    use std::sync::Mutex;
+
+    #[test]
+    fn removes_a_tree_without_following_symlinks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (root, outside) = (tmp.path().join("dst"), tmp.path().join("outside"));
+        std::fs::create_dir_all(root.join("gone/a/b")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("precious"), b"keep").unwrap();
+        std::fs::write(root.join("gone/a/b/f"), b"x").unwrap();
+        symlink(&outside, root.join("gone/a/link")).unwrap();
+        std::fs::write(root.join("kept"), b"y").unwrap();
+        let seen = Mutex::new(Vec::new());
+        let visit = |d: &Doomed<'_>| {
+            seen.lock().unwrap().push(d.rel.to_path_buf());
+            true
+        };
+        let dir = sys::open_dir_path(&root).unwrap();
+        for dry_run in [true, false] {
+            seen.lock().unwrap().clear();
+            let removal = Removal {
+                dry_run,
+                root: sys::is_root(),
+                visit: &visit,
+            };
+            let ok = removal
+                .remove(dir.as_fd(), c"gone", Path::new("gone"), &root.join("gone"))
+                .is_ok();
+            assert!(ok);
+            let mut seen = seen.lock().unwrap().clone();
+            seen.sort();
+            let want: Vec<PathBuf> = ["gone", "gone/a", "gone/a/b", "gone/a/b/f", "gone/a/link"]
+                .iter()
+                .map(PathBuf::from)
+                .collect();
+            assert_eq!(seen, want);
+            assert_eq!(root.join("gone").exists(), dry_run);
+        }
+        assert_eq!(std::fs::read(outside.join("precious")).unwrap(), b"keep");
+        assert!(root.join("kept").exists());
+    }
+
+    #[test]
+    fn a_refused_visit_stops_the_removal() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("d")).unwrap();
+        for i in 0..5 {
+            std::fs::write(tmp.path().join(format!("d/{i}")), b"").unwrap();
+        }
+        let budget = std::sync::atomic::AtomicUsize::new(2);
+        let visit = |_: &Doomed<'_>| {
+            budget
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |b| b.checked_sub(1),
+                )
+                .is_ok()
+        };
+        let removal = Removal {
+            dry_run: false,
+            root: true,
+            visit: &visit,
+        };
+        let dir = sys::open_dir_path(tmp.path()).unwrap();
+        let got = removal.remove(dir.as_fd(), c"d", Path::new("d"), &tmp.path().join("d"));
+        assert!(matches!(got, Err(Stop::Budget)));
+        assert_eq!(std::fs::read_dir(tmp.path().join("d")).unwrap().count(), 3);
+    }
+}
