@@ -24,6 +24,9 @@ pub struct Removal<'a> {
     /// Called before each entry is removed (children before their directory). Returning false
     /// stops the removal: the budget of --max-delete is spent.
     pub visit: &'a (dyn Fn(&Doomed<'_>) -> bool + Sync),
+    /// (st_dev, st_ino) of a directory never to remove or enter: the source tree, should it
+    /// be reachable from the destination (a bind mount, SRC inside DST).
+    pub protect: Option<(u64, u64)>,
 }
 
 struct Frame {
@@ -123,6 +126,13 @@ impl Removal<'_> {
     ) -> Result<Frame, Stop> {
         let fd = sys::open_dir(parent, name).ctx("open directory", path)?;
         let st = sys::fstat(fd.as_fd()).ctx("stat", path)?;
+        if self.protect == Some((st.dev, st.ino)) {
+            return Err(Stop::Failed(EntryError::new(
+                "delete",
+                path,
+                std::io::Error::other("this is the source directory; not deleted"),
+            )));
+        }
         if st.dev != parent_dev {
             return Err(Stop::Failed(EntryError::new(
                 "delete",
@@ -204,6 +214,7 @@ mod tests {
                 dry_run,
                 root: sys::is_root(),
                 visit: &visit,
+                protect: None,
             };
             let ok = removal
                 .remove(dir.as_fd(), c"gone", Path::new("gone"), &root.join("gone"))
@@ -243,6 +254,7 @@ mod tests {
             dry_run: false,
             root: true,
             visit: &visit,
+            protect: None,
         };
         let dir = sys::open_dir_path(tmp.path()).unwrap();
         let got = removal.remove(dir.as_fd(), c"d", Path::new("d"), &tmp.path().join("d"));

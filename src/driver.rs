@@ -167,6 +167,9 @@ pub struct Engine {
     xattrs_refused_on: Mutex<HashSet<u64>>,
     /// The device of SRC, for -x.
     root_dev: OnceLock<u64>,
+    /// (st_dev, st_ino) of SRC and DST: a directory of one met on the other side means the copy
+    /// would run into itself (bind mounts, DST an ancestor of SRC).
+    roots: OnceLock<((u64, u64), (u64, u64))>,
     /// The destination root, for the first name a hard link's itemized line points to.
     dst_root: OnceLock<PathBuf>,
     /// Deletions still allowed by --max-delete (a backstop: the pre-pass already refused a run
@@ -244,6 +247,7 @@ impl Engine {
             create_lock: Mutex::new(()),
             xattrs_refused_on: Mutex::new(HashSet::new()),
             root_dev: OnceLock::new(),
+            roots: OnceLock::new(),
             dst_root: OnceLock::new(),
             delete_budget: opts.max_delete.map(AtomicU64::new),
             budget_reported: AtomicBool::new(false),
@@ -296,6 +300,9 @@ impl Engine {
             Some(fd) => {
                 let dst_stat =
                     sys::fstat(fd.as_fd()).with_context(|| format!("stat {}", dst.display()))?;
+                let _ = self
+                    .roots
+                    .set(((src_stat.dev, src_stat.ino), (dst_stat.dev, dst_stat.ino)));
                 let pre_diff = if dst_exists {
                     self.meta
                         .diff(
@@ -419,7 +426,7 @@ impl Engine {
                 .insert(dst_dev)
         {
             self.rep.warn(&format!(
-                "the filesystem of {} (device {}) does not support extended attributes; xattrs and ACLs are not copied there",
+                "the filesystem of {} (device {}) does not support some extended attributes (or ACLs); those are not copied there",
                 path.display(),
                 sys::dev_name(dst_dev)
             ));
@@ -603,6 +610,7 @@ impl Engine {
             dry_run: self.opts.dry_run,
             root: self.meta.root,
             visit: &visit,
+            protect: self.roots.get().map(|(src, _)| *src),
         };
         match removal.remove(dst, name, rel, path) {
             Ok(()) => true,
@@ -660,6 +668,20 @@ impl Engine {
         let src =
             sys::open_source_dir(parent.src.as_fd(), name).ctx("open directory", &src_path)?;
         let src_stat = sys::fstat(src.as_fd()).ctx("stat", &src_path)?;
+        let into_itself = || {
+            EntryError::new(
+                "copy",
+                &src_path,
+                io::Error::other(
+                    "the destination is inside this directory: not copied into itself",
+                ),
+            )
+        };
+        if let Some((_, dst_root)) = self.roots.get()
+            && (src_stat.dev, src_stat.ino) == *dst_root
+        {
+            return Err(into_itself());
+        }
         let boundary =
             self.opts.one_file_system && self.root_dev.get().is_some_and(|&d| d != src_stat.dev);
         let dry_run = self.opts.dry_run;
@@ -708,6 +730,17 @@ impl Engine {
             if existed {
                 // An existing directory may be a mount point of another filesystem.
                 let st = sys::fstat(fd.as_fd()).ctx("stat", &dst_path)?;
+                if let Some((src_root, _)) = self.roots.get()
+                    && (st.dev, st.ino) == *src_root
+                {
+                    return Err(EntryError::new(
+                        "copy",
+                        &dst_path,
+                        io::Error::other(
+                            "this destination directory is the source: not written into",
+                        ),
+                    ));
+                }
                 pre_diff = self
                     .meta
                     .diff(

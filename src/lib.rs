@@ -63,6 +63,16 @@ pub fn run(cfg: &Config) -> anyhow::Result<Summary> {
     let operands = walk::inspect(&cfg.src, &cfg.dst)?;
     let plan = walk::plan(&cfg.src, &cfg.dst, &operands)?;
     let filter = Filter::new(&cfg.rules)?;
+    if cfg.delete
+        && let Plan::Tree { src, dst, .. } = &plan
+        && src.starts_with(dst)
+    {
+        anyhow::bail!(
+            "source {} is inside the destination {}: --delete could remove it",
+            src.display(),
+            dst.display()
+        );
+    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(cfg.jobs)
         .thread_name(|i| format!("treecopy-{i}"))

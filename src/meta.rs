@@ -232,8 +232,10 @@ impl Preserver {
             match dst.set_xattr(name, value) {
                 Ok(()) => {}
                 Err(e) if errno_is(&e, &[libc::EOPNOTSUPP]) => {
+                    // The filesystem may refuse one namespace (ACLs on a noacl mount) and take
+                    // the others: go on with the rest.
                     applied.xattrs_unsupported = true;
-                    return Ok(applied);
+                    continue;
                 }
                 Err(e) if !self.root && errno_is(&e, &[libc::EPERM, libc::EACCES]) => {}
                 Err(e) => return step("set xattr on", Err(e)),
@@ -405,8 +407,10 @@ impl Preserver {
             match dst.set_xattr(&attr, &value) {
                 Ok(()) => {}
                 Err(e) if errno_is(&e, &[libc::EOPNOTSUPP]) => {
+                    // The filesystem may refuse one namespace (ACLs on a noacl mount) and take
+                    // the others: go on with the rest.
                     applied.xattrs_unsupported = true;
-                    return Ok(applied);
+                    continue;
                 }
                 Err(e) if privileged(&e) => {}
                 Err(e) => {

@@ -611,3 +611,26 @@ pub fn chmod_nofollow_at(dir: BorrowedFd<'_>, name: &CStr, perm: u32) -> io::Res
     }
     chmod_at(dir, name, perm)
 }
+
+/// Moves a descriptor's offset by `delta` (past the end leaves a hole when written after).
+pub fn seek_by(fd: BorrowedFd<'_>, delta: i64) -> io::Result<()> {
+    nix::unistd::lseek(fd, delta, nix::unistd::Whence::SeekCur)?;
+    Ok(())
+}
+
+/// Whether `fd` is on a filesystem whose file sizes say nothing of their content (procfs,
+/// sysfs, debugfs, tracefs, securityfs, configfs, cgroup).
+pub fn is_pseudo_fs(fd: BorrowedFd<'_>) -> bool {
+    const PSEUDO: [i64; 8] = [
+        0x9fa0,     // procfs
+        0x62656572, // sysfs
+        0x64626720, // debugfs
+        0x74726163, // tracefs
+        0x73636673, // securityfs
+        0x62656570, // configfs
+        0x27e0eb,   // cgroup
+        0x63677270, // cgroup2
+    ];
+    // Unknown: treat as pseudo, which only costs copying to the end of the data.
+    nix::sys::statfs::fstatfs(fd).map_or(true, |fs| PSEUDO.contains(&fs.filesystem_type().0))
+}

@@ -33,6 +33,14 @@ pub struct Operands {
     pub dst_real: PathBuf,
     /// None when DST does not exist.
     pub dst_kind: Option<OperandKind>,
+    /// DST or one of its existing ancestors is SRC's inode: DST is inside SRC even where the
+    /// paths differ (a bind mount of SRC).
+    pub dst_under_src_inode: bool,
+    /// SRC's last component as given (a single file keeps the name the user typed, not its
+    /// symlink target's).
+    pub src_name: Option<OsString>,
+    /// DST was written with a trailing slash: it must be a directory.
+    pub dst_is_dir_syntax: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,11 +75,29 @@ pub fn inspect(src: &Path, dst: &Path) -> Result<Operands> {
     };
     let dst_real =
         resolve_existing_prefix(dst).with_context(|| format!("destination {}", dst.display()))?;
+    use std::os::unix::fs::MetadataExt;
+    let src_id = (src_meta.dev(), src_meta.ino());
+    let dst_under_src_inode = dst_real
+        .ancestors()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .any(|m| (m.dev(), m.ino()) == src_id);
+    let src_name = match src.components().next_back() {
+        Some(Component::Normal(name)) => Some(name.to_os_string()),
+        _ => None,
+    };
+    let dst_is_dir_syntax = dst.as_os_str().as_encoded_bytes().ends_with(b"/")
+        || matches!(
+            dst.components().next_back(),
+            Some(Component::CurDir | Component::ParentDir)
+        );
     Ok(Operands {
         src_real,
         src_kind: OperandKind::of(&src_meta),
         dst_real,
         dst_kind,
+        dst_under_src_inode,
+        src_name,
+        dst_is_dir_syntax,
     })
 }
 
@@ -128,7 +154,7 @@ pub fn plan(src: &Path, dst: &Path, ops: &Operands) -> Result<Plan> {
             if ops.dst_real == ops.src_real {
                 bail!("destination {} is the source directory", dst.display());
             }
-            if ops.dst_real.starts_with(&ops.src_real) {
+            if ops.dst_real.starts_with(&ops.src_real) || ops.dst_under_src_inode {
                 bail!(
                     "destination {} is inside the source {}",
                     dst.display(),
@@ -150,12 +176,20 @@ pub fn plan(src: &Path, dst: &Path, ops: &Operands) -> Result<Plan> {
             }
         }
         OperandKind::File => {
-            let name = ops
-                .src_real
-                .file_name()
-                .context("the source file has no name")?;
+            let name = match &ops.src_name {
+                Some(name) => name.as_os_str(),
+                None => ops
+                    .src_real
+                    .file_name()
+                    .context("the source file has no name")?,
+            };
             let target = match ops.dst_kind {
                 Some(OperandKind::Dir) => ops.dst_real.join(name),
+                None if ops.dst_is_dir_syntax => bail!(
+                    "destination {}: {}",
+                    dst.display(),
+                    io::Error::from_raw_os_error(libc::ENOTDIR)
+                ),
                 _ => ops.dst_real.clone(),
             };
             if target == ops.src_real {
@@ -187,6 +221,9 @@ mod tests {
             src_kind,
             dst_real: PathBuf::from(dst),
             dst_kind,
+            dst_under_src_inode: false,
+            src_name: None,
+            dst_is_dir_syntax: false,
         }
     }
 
@@ -230,6 +267,13 @@ mod tests {
         );
         // A sibling whose name merely starts with the source's name is not inside it.
         assert!(plan_of(&ops("/data/a", Dir, "/data/ab", None)).is_ok());
+        // A bind mount of SRC: other path, same inode.
+        let bound = Operands {
+            dst_under_src_inode: true,
+            ..ops("/data/a", Dir, "/mnt/bind/copy", None)
+        };
+        let err = plan_of(&bound).unwrap_err();
+        assert!(err.to_string().contains("inside the source"), "{err}");
     }
 
     #[test]
@@ -258,6 +302,20 @@ mod tests {
         assert!(plan_of(&ops("/s/f", File, "/s/f", Some(File))).is_err());
         assert!(plan_of(&ops("/s/f", File, "/s", Some(Dir))).is_err());
         assert!(plan_of(&ops("/dev/null", Other, "/d", None)).is_err());
+        // A symlink to a file is copied under the name it was given by.
+        let alias = Operands {
+            src_name: Some("alias.txt".into()),
+            ..ops("/s/real.txt", File, "/d", Some(Dir))
+        };
+        assert!(
+            matches!(plan_of(&alias).unwrap(), Plan::File { dst_name, .. } if dst_name == "alias.txt")
+        );
+        // `treecopy f missing/` names a directory that is not there.
+        let slash = Operands {
+            dst_is_dir_syntax: true,
+            ..ops("/s/f", File, "/d/missing", None)
+        };
+        assert!(plan_of(&slash).is_err());
     }
 
     #[test]

@@ -135,14 +135,20 @@ pub struct Job<'a> {
 
 impl Job<'_> {
     /// Whether st_size can be believed. Pseudo-filesystems report 0 or one page whatever a
-    /// file holds, so for those sizes only a 0 return ends the copy.
+    /// file holds, so for those sizes only a 0 return ends the copy. A one-page file without
+    /// blocks on a real filesystem is a hole, and is believed (asking the filesystem costs a
+    /// call, so only such files ask).
     fn size_trusted(&self) -> bool {
-        self.size != 0 && self.size != 4096
+        match self.size {
+            0 => false,
+            4096 => self.blocks != 0 || !sys::is_pseudo_fs(self.src),
+            _ => true,
+        }
     }
 
     /// A file with holes: fewer blocks allocated than its size needs.
-    fn sparse(&self) -> bool {
-        self.size_trusted() && self.blocks.saturating_mul(512) < self.size
+    fn sparse(&self, size_trusted: bool) -> bool {
+        size_trusted && self.blocks.saturating_mul(512) < self.size
     }
 
     fn copy_error(&self, errno: Errno) -> EntryError {
@@ -191,6 +197,9 @@ struct Copy<'c, 'j> {
     method: Method,
     probe: Option<Probe<'c>>,
     copied: u64,
+    /// The source has holes its filesystem does not report (no SEEK_DATA, as on FUSE or
+    /// NFSv3): read/write, seeking over all-zero blocks instead of writing them.
+    skip_zeros: bool,
 }
 
 /// Copies the whole file, returning the byte count and the method that did it.
@@ -212,11 +221,13 @@ pub fn copy(cache: &DeviceCache, job: &Job<'_>, rep: &Reporter) -> EntryResult<(
         method,
         probe,
         copied: 0,
+        skip_zeros: false,
     };
-    if job.sparse() {
+    let trusted = job.size_trusted();
+    if job.sparse(trusted) {
         run.copy_data_extents()?;
     } else {
-        let want = job.size_trusted().then_some(job.size);
+        let want = trusted.then_some(job.size);
         run.copy_span(Span { want, done: 0 })?;
     }
     Ok((run.copied, run.method))
@@ -234,6 +245,13 @@ impl Copy<'_, '_> {
             else {
                 break;
             };
+            if (offset, start, end) == (0, 0, job.size) && job.reflink != Reflink::Always {
+                // The allocation says holes, the extent map says all data: the filesystem
+                // does not report holes. Find them by their zeros.
+                self.skip_zeros = true;
+                self.probe.take();
+                self.method = Method::ReadWrite;
+            }
             sys::seek_to(job.src, start).map_err(|e| EntryError::new("seek", job.src_path, e))?;
             sys::seek_to(job.dst, start).map_err(|e| EntryError::new("seek", job.dst_path, e))?;
             self.copy_span(Span {
@@ -367,19 +385,55 @@ impl Copy<'_, '_> {
                     Err(Errno::EINTR | Errno::EAGAIN) => continue,
                     Err(errno) => return Err(EntryError::new("read", job.src_path, errno)),
                 };
-                let mut written = 0;
-                while written < n {
-                    match sys::write(job.dst, &buf[written..n]) {
-                        Ok(0) => return Err(EntryError::new("write", job.dst_path, Errno::EIO)),
-                        Ok(w) => written += w,
-                        Err(Errno::EINTR | Errno::EAGAIN) => continue,
-                        Err(errno) => return Err(EntryError::new("write", job.dst_path, errno)),
-                    }
+                if self.skip_zeros {
+                    write_skipping_zeros(job, &buf[..n])?;
+                } else {
+                    write_all(job, &buf[..n])?;
                 }
                 self.advanced(span, n);
             }
         })
     }
+}
+
+fn write_all(job: &Job<'_>, data: &[u8]) -> EntryResult<()> {
+    let mut written = 0;
+    while written < data.len() {
+        match sys::write(job.dst, &data[written..]) {
+            Ok(0) => return Err(EntryError::new("write", job.dst_path, Errno::EIO)),
+            Ok(w) => written += w,
+            Err(Errno::EINTR | Errno::EAGAIN) => continue,
+            Err(errno) => return Err(EntryError::new("write", job.dst_path, errno)),
+        }
+    }
+    Ok(())
+}
+
+/// The block size zeros are looked for in: the page size, which every filesystem's holes
+/// are a multiple of.
+const ZERO_BLOCK: usize = 4096;
+
+/// Writes `data` at the destination's offset, leaving holes where whole blocks are zero; the
+/// caller sets the final size, so trailing holes are kept too.
+fn write_skipping_zeros(job: &Job<'_>, data: &[u8]) -> EntryResult<()> {
+    let mut start = 0;
+    while start < data.len() {
+        let zero = |block: &[u8]| block.iter().all(|&b| b == 0);
+        let block_end = |at: usize| (at + ZERO_BLOCK).min(data.len());
+        let is_zero = zero(&data[start..block_end(start)]);
+        let mut end = block_end(start);
+        while end < data.len() && zero(&data[end..block_end(end)]) == is_zero {
+            end = block_end(end);
+        }
+        if is_zero {
+            sys::seek_by(job.dst, (end - start) as i64)
+                .map_err(|e| EntryError::new("seek", job.dst_path, e))?;
+        } else {
+            write_all(job, &data[start..end])?;
+        }
+        start = end;
+    }
+    Ok(())
 }
 
 /// Clones the whole file or fails it: --reflink=always promises shared extents.
@@ -410,5 +464,45 @@ fn describe(event: Event) -> String {
     match event {
         Event::Error(errno) => format!("failed: {}", std::io::Error::from(errno)),
         Event::Zero => "returned 0 at offset 0".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+
+    /// Zero blocks become holes; data, including a partial last block, is written in place.
+    #[test]
+    fn zero_blocks_are_left_as_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        let file = std::fs::File::create(&path).unwrap();
+        let mut data = vec![0u8; 64 * ZERO_BLOCK + 100];
+        data[10 * ZERO_BLOCK + 7] = 1;
+        data[64 * ZERO_BLOCK + 99] = 2;
+        let job = Job {
+            src: file.as_fd(),
+            dst: file.as_fd(),
+            size: data.len() as u64,
+            blocks: 0,
+            src_dev: 0,
+            dst_dev: 0,
+            src_path: &path,
+            dst_path: &path,
+            reflink: Reflink::Auto,
+        };
+        write_skipping_zeros(&job, &data).unwrap();
+        sys::set_len(file.as_fd(), data.len() as u64).unwrap();
+        drop(file);
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+        let meta = std::fs::metadata(&path).unwrap();
+        // Two data blocks, where the filesystem keeps holes (tmpfs and ext4 do), not 65.
+        assert!(
+            meta.blocks() * 512 <= 4 * ZERO_BLOCK as u64,
+            "{} blocks allocated",
+            meta.blocks()
+        );
     }
 }
