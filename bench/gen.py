@@ -7,6 +7,8 @@ Workloads (at --scale 1):
   W1  100,000 files of 1-16 KiB in 10 x 100 directories (metadata-bound)
   W2  2,000 files of 1 MiB in 10 directories              (mixed)
   W3  4 files of 1 GiB                                    (bandwidth-bound)
+  W4  ~3 GiB of files with log-uniform sizes, 100 B - 256 MiB, in a nested
+      3-level tree of 39 directories (~170 files; mixed)
 
 Why it is built this way:
   * Same seed -> byte-identical tree, so an ext4 source and a tmpfs source
@@ -25,6 +27,7 @@ Why it is built this way:
 """
 
 import argparse
+import math
 import os
 import random
 import shutil
@@ -108,7 +111,63 @@ def gen_w3(root, rng, pool, scale):
     return 4, total
 
 
-WORKLOADS = {"W1": gen_w1, "W2": gen_w2, "W3": gen_w3}
+def write_chunked_file(path, rng, pool, workload, index, size):
+    """A file of any size, dense and non-zero: 1 MiB slices of the pool at
+    seeded offsets, each starting with a (workload, file, block) header, so
+    no two blocks of any file are equal even when the file is larger than
+    the pool."""
+    view = memoryview(pool)
+    with open(path, "wb") as f:
+        block = 0
+        left = size
+        while left > 0:
+            n = min(MIB, left)
+            head = header(workload, index, block)[:n]
+            body = n - len(head)
+            off = rng.randrange(0, len(pool) - body)
+            f.write(head)
+            f.write(view[off:off + body])
+            left -= n
+            block += 1
+
+
+def gen_w4(root, rng, pool, scale):
+    # Mixed sizes: log-uniform between 100 B and 256 MiB (as many files per
+    # decade of size: ~26 each of 100 B-1 KiB, 1-10 KiB, ..., 10-100 MiB),
+    # drawn until the total reaches 3 GiB; the last file is cut to make the
+    # total exact. Mean size ~18 MiB, so ~170 files, but most of the bytes
+    # are in the few files above 64 MiB. --scale shrinks the total and the
+    # largest size alike, which keeps roughly the same number of files and
+    # the log-uniform shape (0.01: ~30 MiB, sizes up to 2.6 MiB).
+    # Layout: 3 levels of 3 directories (d0/d1/d2, 39 in all); every file
+    # goes to a random one of them, so files sit at depths 1 to 3 next to
+    # subdirectories.
+    total_target = int(3 * GIB * scale)
+    lo, hi = 100, max(4 * KIB, int(256 * MIB * scale))
+    sizes = []
+    total = 0
+    while total < total_target:
+        size = int(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+        size = min(size, total_target - total)
+        sizes.append(size)
+        total += size
+    dirs = []
+    for a in range(3):
+        dirs.append(f"d{a}")
+        for b in range(3):
+            dirs.append(f"d{a}/d{b}")
+            for c in range(3):
+                dirs.append(f"d{a}/d{b}/d{c}")
+    for d in dirs:
+        os.makedirs(os.path.join(root, d), exist_ok=True)
+    for index, size in enumerate(sizes):
+        d = dirs[rng.randrange(len(dirs))]
+        write_chunked_file(os.path.join(root, d, f"f{index:04d}.bin"),
+                           rng, pool, "W4", index, size)
+    return len(sizes), total
+
+
+WORKLOADS = {"W1": gen_w1, "W2": gen_w2, "W3": gen_w3, "W4": gen_w4}
 
 
 def main():

@@ -2,7 +2,7 @@
 # Runs before EVERY timed run (hyperfine --prepare), identically for every
 # tool, outside the timing:
 #
-#   prepare.sh SRC DST WARM_LIST [SETTLE_SECONDS]
+#   prepare.sh SRC DST WARM_LIST [SETTLE_SECONDS] [KEEP]
 #
 # 1. Remove the previous destination.
 # 2. sync: write back the previous run's dirty data and the metadata of the
@@ -23,13 +23,15 @@
 #    GNU tar notices /dev/null and skips reading file data.
 # 6. Read the tools' binaries and shared libraries (WARM_LIST), which step 4
 #    evicted, so no tool pays for loading itself from disk.
+# 7. Write KEEP (default "all") to DST.keep, for verify.sh: what metadata the
+#    tool about to run preserves. run.sh gives one --prepare per command.
 set -euo pipefail
 
 if [[ $# -lt 3 ]]; then
-    echo "usage: prepare.sh SRC DST WARM_LIST [SETTLE_SECONDS]" >&2
+    echo "usage: prepare.sh SRC DST WARM_LIST [SETTLE_SECONDS] [KEEP]" >&2
     exit 2
 fi
-src=$1 dst=$2 warm_list=$3 settle=${4:-0}
+src=$1 dst=$2 warm_list=$3 settle=${4:-0} keep=${5:-all}
 
 # Guard against a misconfigured environment turning this into `rm -rf /`:
 # run.sh always uses a destination whose last directory is "dst".
@@ -49,5 +51,6 @@ echo 3 > /proc/sys/vm/drop_caches
 # disk, and this keeps the prepare step short on a 2-core machine.
 find "$src" -type f -print0 | xargs -0 -r -P 2 -n 1000 cat > /dev/null
 xargs -r -a "$warm_list" -d '\n' cat > /dev/null
+echo "$keep" > "$dst.keep"
 # The destination's parent directory, for the same reason.
 stat -- "$(dirname -- "$dst")" > /dev/null

@@ -8,8 +8,9 @@ Reads the hyperfine JSON files written by bench/run.sh (one per round in
 interleave mode, `W1-ext4-r3.json`; one per workload and pair in batch mode,
 `W1-ext4.json`), merges the runs of each command, and prints:
   * the machine and method (from meta.json, recorded when the run started),
-  * a table of median wall times and the ratios treecopy / cp -a and
-    treecopy / rsync -a per workload and pair (< 1 means treecopy is faster),
+  * a table of median wall times and the ratios treecopy / cp -a,
+    treecopy / rsync -a and treecopy / each peer copier (xcp, fcp, cpz) per
+    workload and pair (< 1 means treecopy is faster),
   * a details table (n, median, mean +- sd, min, max, throughput).
 
 Medians, not means: with 3-5 runs on a shared VM one disturbed run would
@@ -33,8 +34,17 @@ import subprocess
 import sys
 
 DEFAULT_RESULTS_ROOT = "/work/bench-data/results"
-PAIR_LABEL = {"ext4": "ext4 → ext4", "tmpfs": "tmpfs → ext4"}
-RESULT_NAME = re.compile(r"^(W\d+)-(ext4|tmpfs)(?:-r(\d+))?\.json$")
+PAIR_LABEL = {"ext4": "ext4 → ext4", "tmpfs": "tmpfs → ext4",
+              "xfs": "XFS → same XFS (loop image, reflink=1)"}
+PAIR_ORDER = {"ext4": 0, "tmpfs": 1, "xfs": 2}
+RESULT_NAME = re.compile(r"^(W\d+)-(ext4|tmpfs|xfs)(?:-r(\d+))?\.json$")
+# Command-name prefixes in the order the tables list them; the peer copiers
+# come from bench/peers.sh.
+TOOL_ORDER = ("treecopy", "cp", "rsync", "xcp", "fcp", "cpz")
+PEERS = ("xcp", "fcp", "cpz")
+# What verify.sh checks per tool (run.sh records keep_<peer> settings).
+KEEP_LABEL = {"mode": "file modes", "dirmode": "directory modes",
+              "mtime": "file mtimes", "linkmtime": "symlink mtimes"}
 
 
 # ---------------------------------------------------------------- machine --
@@ -99,7 +109,7 @@ def _treecopy_version(treecopy, pinned, repo):
     return text + ")"
 
 
-def describe_machine(paths, treecopy, pinned, repo):
+def describe_machine(paths, treecopy, pinned, repo, peers=None):
     cpu = None
     virt = False
     with open("/proc/cpuinfo") as f:
@@ -123,6 +133,8 @@ def describe_machine(paths, treecopy, pinned, repo):
             "cp": _first_line(["cp", "--version"]),
             "rsync": _first_line(["rsync", "--version"]),
             "hyperfine": _first_line(["hyperfine", "--version"]),
+            **{name: f"{_first_line([path, '--version'])} ({path})"
+               for name, path in (peers or {}).items()},
         },
     }
 
@@ -144,7 +156,8 @@ def describe_workload(path):
 def write_meta(args):
     def kv(items):
         return dict(item.split("=", 1) for item in items)
-    meta = describe_machine(kv(args.path), args.treecopy, args.treecopy_bin, args.repo)
+    meta = describe_machine(kv(args.path), args.treecopy, args.treecopy_bin, args.repo,
+                            kv(args.peer))
     meta["settings"] = kv(args.setting)
     meta["workloads"] = {w: describe_workload(p) for w, p in kv(args.workload).items()}
     with open(args.write_meta, "w") as f:
@@ -189,9 +202,16 @@ def workload_label(w, meta):
     return f"{w}: {info['files']:,} files of {sizes} in {dirs}, {fmt_size(info['bytes'])}"
 
 
+def tool_of(name):
+    """'xcp -w16' -> 'xcp'; 'cp -a' -> 'cp'."""
+    return name.split()[0]
+
+
 def order_key(name):
-    # treecopy variants first (by -j, numerically), then cp -a, then rsync -a.
-    group = 0 if name.startswith("treecopy") else 1 if name.startswith("cp") else 2
+    # treecopy variants first (by -j, numerically), then cp -a, rsync -a and
+    # the peers, each group by its thread count.
+    tool = tool_of(name)
+    group = TOOL_ORDER.index(tool) if tool in TOOL_ORDER else len(TOOL_ORDER)
     return (group, [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)])
 
 
@@ -218,6 +238,11 @@ def machine_lines(meta):
     tools = s.get("tools", "treecopy cp rsync").split()
     for name, ver in meta.get("tools", {}).items():
         if name in tools or name == "hyperfine":
+            keep = s.get(f"keep_{name}")
+            if keep and keep != "all":
+                kept = ", ".join(KEEP_LABEL.get(k, k) for k in keep.split(","))
+                ver += (f"; keeps {kept} (verify.sh checks those, sizes and"
+                        + (" content" if "mtime" in keep.split(",") else " content every run") + ")")
             out.append(f"- {name}: {ver}")
     if s:
         interleave = s.get("mode") == "interleave"
@@ -231,6 +256,8 @@ def machine_lines(meta):
             + ("; timing includes `sync -f DST`" if s.get("sync_in_timing") == "1"
                else "; timing stops when the tool exits (writeback not included)")
             + f"; treecopy jobs: {s.get('treecopy_jobs', 'default')}"
+            + (f"; xcp workers: {s['xcp_jobs']}" if "xcp" in tools and "xcp_jobs" in s else "")
+            + (f"; fcp threads: {s['fcp_jobs']}" if "fcp" in tools and "fcp_jobs" in s else "")
             + (f"; scale {s['scale']} (NOT the full workload)" if s.get("scale", "1") != "1" else "")
             + f"; date {meta.get('date', '?')}")
     return out
@@ -249,7 +276,7 @@ def report(results_dir):
 
     commands = sorted({c for cmds in data.values() for c in cmds}, key=order_key)
     treecopies = [c for c in commands if c.startswith("treecopy")]
-    refs = [c for c in commands if c in ("cp -a", "rsync -a")]
+    refs = [c for c in commands if c in ("cp -a", "rsync -a") or tool_of(c) in PEERS]
 
     lines = ["## Results", ""]
     lines += machine_lines(meta)
@@ -259,7 +286,7 @@ def report(results_dir):
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * 2 + "---:|" * (len(head) - 2))
     details = []
-    for (w, p) in sorted(data, key=lambda k: (k[0], k[1] != "ext4")):
+    for (w, p) in sorted(data, key=lambda k: (k[0], PAIR_ORDER[k[1]])):
         cmds = data[(w, p)]
         med = {c: statistics.median(t) for c, t in cmds.items()}
         row = [workload_label(w, meta), PAIR_LABEL[p]]
@@ -297,6 +324,8 @@ def main():
     ap.add_argument("--path", action="append", default=[], metavar="NAME=PATH")
     ap.add_argument("--workload", action="append", default=[], metavar="W=PATH")
     ap.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--peer", action="append", default=[], metavar="NAME=BINARY",
+                    help="a peer copier's binary, for its version")
     ap.add_argument("--treecopy", default="target/release/treecopy")
     ap.add_argument("--treecopy-bin", help="the copy of the binary actually benchmarked")
     ap.add_argument("--repo", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

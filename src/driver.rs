@@ -1038,6 +1038,9 @@ impl Engine {
             src_path,
             dst_path,
             reflink: self.opts.reflink,
+            // A hard-linked file's other names wait for this copy: a worker must not pick
+            // them up while it waits for this file's chunks.
+            parallel: st.nlink < 2 || !self.opts.hard_links,
         };
         let (bytes, method) = copy::copy(&self.cache, &job, &self.rep)?;
         self.rep.verbose(|| {

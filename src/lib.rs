@@ -79,7 +79,6 @@ pub fn run(cfg: &Config) -> anyhow::Result<Summary> {
         .build()?;
 
     // One run per destination tree: the lock is taken before anything in DST changes.
-    let mut dst_lock = None;
     let dst_dir = match &plan {
         Plan::Tree { dst, .. } if !cfg.dry_run => {
             walk::create_destination(dst)?;
@@ -89,6 +88,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<Summary> {
         }
         _ => None,
     };
+    let mut dst_lock = None;
     if let (Some(dir), Plan::Tree { dst, .. }) = (&dst_dir, &plan) {
         let waiting = |holder: Option<i32>| {
             if !cfg.quiet {

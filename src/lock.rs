@@ -16,7 +16,9 @@ pub const LOCK_NAME: &CStr = c".treecopy.lock";
 /// A held lock on a destination directory.
 pub struct DstLock<'d> {
     dir: BorrowedFd<'d>,
-    file: OwnedFd,
+    file: Option<OwnedFd>,
+    /// The directory's (atime, mtime) before the lock file was made.
+    before: ((i64, i64), (i64, i64)),
 }
 
 /// Why the lock could not be taken.
@@ -50,7 +52,11 @@ impl<'d> DstLock<'d> {
                 if still_linked(dir, &file) {
                     write_pid(&file);
                     let _ = sys::futimens(dir, before.atime, before.mtime);
-                    return Ok(DstLock { dir, file });
+                    return Ok(DstLock {
+                        dir,
+                        file: Some(file),
+                        before: (before.atime, before.mtime),
+                    });
                 }
                 continue;
             }
@@ -70,13 +76,27 @@ impl<'d> DstLock<'d> {
 
     /// Removes the lock file, then releases the lock (closing the descriptor). A run waiting on
     /// the old file finds it unlinked and opens a new one. Removing the file changes the
-    /// directory's times, which the run had already made its source's: `times` puts them back.
-    pub fn release(self, times: Option<((i64, i64), (i64, i64))>) {
+    /// directory's times: they are set to `times` (the source's, which the run gave the
+    /// directory), or else back to what they were before the lock.
+    pub fn release(mut self, times: Option<((i64, i64), (i64, i64))>) {
+        self.unlock(times);
+    }
+
+    fn unlock(&mut self, times: Option<((i64, i64), (i64, i64))>) {
+        let Some(file) = self.file.take() else {
+            return;
+        };
         let _ = sys::unlink_at(self.dir, LOCK_NAME);
-        if let Some((atime, mtime)) = times {
-            let _ = sys::futimens(self.dir, atime, mtime);
-        }
-        drop(self.file);
+        let (atime, mtime) = times.unwrap_or(self.before);
+        let _ = sys::futimens(self.dir, atime, mtime);
+        drop(file);
+    }
+}
+
+impl Drop for DstLock<'_> {
+    /// A run refused or failed after taking the lock leaves DST as it found it.
+    fn drop(&mut self) {
+        self.unlock(None);
     }
 }
 

@@ -634,3 +634,17 @@ pub fn is_pseudo_fs(fd: BorrowedFd<'_>) -> bool {
     // Unknown: treat as pseudo, which only costs copying to the end of the data.
     nix::sys::statfs::fstatfs(fd).map_or(true, |fs| PSEUDO.contains(&fs.filesystem_type().0))
 }
+
+/// One copy_file_range(2) call at explicit offsets, leaving both descriptors' offsets alone:
+/// several workers can copy chunks of one file through the same descriptors.
+pub fn copy_file_range_at(
+    src: BorrowedFd<'_>,
+    src_offset: u64,
+    dst: BorrowedFd<'_>,
+    dst_offset: u64,
+    len: usize,
+) -> Result<usize, Errno> {
+    let mut off_in = src_offset as i64;
+    let mut off_out = dst_offset as i64;
+    nix::fcntl::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), len)
+}

@@ -24,6 +24,12 @@ const CHUNK: usize = 64 << 20;
 const PROBE_CHUNK: usize = 1 << 20;
 /// The read/write fallback's per-worker buffer.
 const BUFFER: usize = 1 << 20;
+/// Files at least this large are copied as chunks by several workers at once (when the
+/// engine allows it): one stream rarely fills an NFS link or both CPUs of a local copy.
+pub const PARALLEL_FROM: u64 = 64 << 20;
+/// The chunk of a parallel copy: large enough that a chunk is many round trips of data,
+/// small enough that an 8 GiB file keeps every worker busy to the end.
+const PARALLEL_CHUNK: u64 = 16 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -131,6 +137,9 @@ pub struct Job<'a> {
     pub src_path: &'a Path,
     pub dst_path: &'a Path,
     pub reflink: Reflink,
+    /// Chunks of a large file may be copied by other workers (the caller holds nothing they
+    /// could wait for, such as a hard-link group's duty).
+    pub parallel: bool,
 }
 
 impl Job<'_> {
@@ -226,6 +235,8 @@ pub fn copy(cache: &DeviceCache, job: &Job<'_>, rep: &Reporter) -> EntryResult<(
     let trusted = job.size_trusted();
     if job.sparse(trusted) {
         run.copy_data_extents()?;
+    } else if trusted && job.parallel && job.size >= PARALLEL_FROM {
+        run.copy_in_chunks()?;
     } else {
         let want = trusted.then_some(job.size);
         run.copy_span(Span { want, done: 0 })?;
@@ -261,6 +272,61 @@ impl Copy<'_, '_> {
             offset = end;
         }
         sys::set_len(job.dst, job.size).map_err(|e| EntryError::new("truncate", job.dst_path, e))
+    }
+
+    /// Copies a large file as chunks on several workers. The first chunk is copied here, by
+    /// the usual loop: it settles the device pair's method (other workers may be waiting for
+    /// that verdict, so it must not wait for them). The rest are positioned copies at their
+    /// offsets, spawned on the pool; this worker helps with them (and with other work) until
+    /// all are done. Nothing this worker holds is waited for by a task it may pick up.
+    fn copy_in_chunks(&mut self) -> EntryResult<()> {
+        let job = self.job;
+        let first = PARALLEL_CHUNK.min(job.size);
+        self.copy_span(Span {
+            want: Some(first),
+            done: 0,
+        })?;
+        if self.copied < first {
+            // The file shrank under us: it ended within the first chunk.
+            return Ok(());
+        }
+        // The first chunk's verdict holds for the file; a kernel copy that then fails at the
+        // start of a chunk falls back to positioned read/write for that chunk.
+        let method = self.method;
+        // Whatever the first chunk made of the device pair's probe, it is given up now.
+        self.probe.take();
+        let failed: Mutex<Option<EntryError>> = Mutex::new(None);
+        let copied = std::sync::atomic::AtomicU64::new(0);
+        let rep = self.rep;
+        rayon::scope(|scope| {
+            let mut offset = first;
+            while offset < job.size {
+                let len = PARALLEL_CHUNK.min(job.size - offset);
+                let (failed, copied) = (&failed, &copied);
+                scope.spawn(move |_| {
+                    if failed.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+                        return;
+                    }
+                    match copy_chunk(job, method, offset, len, rep) {
+                        Ok(n) => {
+                            copied.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            failed
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .get_or_insert(e);
+                        }
+                    }
+                });
+                offset += len;
+            }
+        });
+        if let Some(e) = failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            return Err(e);
+        }
+        self.copied += copied.into_inner();
+        Ok(())
     }
 
     /// Copies one span with the current method, falling back as the table says.
@@ -396,6 +462,67 @@ impl Copy<'_, '_> {
     }
 }
 
+/// One chunk of a parallel copy: `len` bytes at `offset` in both files, by positioned calls
+/// that leave the shared descriptors' offsets alone. Returns the bytes copied (fewer if the
+/// source ended early).
+fn copy_chunk(
+    job: &Job<'_>,
+    method: Method,
+    offset: u64,
+    len: u64,
+    rep: &Reporter,
+) -> EntryResult<u64> {
+    let mut done = 0u64;
+    if method == Method::CopyFileRange {
+        while done < len {
+            interrupted(job)?;
+            let want = (len - done).min(CHUNK as u64) as usize;
+            match sys::copy_file_range_at(job.src, offset + done, job.dst, offset + done, want) {
+                Ok(0) => return Ok(done),
+                Ok(n) => {
+                    done += n as u64;
+                    rep.copied_bytes(n as u64);
+                }
+                Err(errno) => match decide(Event::Error(errno), done) {
+                    Decision::Retry => continue,
+                    Decision::FallBackForPair | Decision::FallBackForFile => break,
+                    Decision::Fail | Decision::Done => return Err(job.copy_error(errno)),
+                },
+            }
+        }
+        if done == len {
+            return Ok(done);
+        }
+    }
+    BUFFER_OF_WORKER.with_borrow_mut(|buf| {
+        if buf.len() < BUFFER {
+            buf.resize(BUFFER, 0);
+        }
+        while done < len {
+            interrupted(job)?;
+            let want = (len - done).min(buf.len() as u64) as usize;
+            let n = match sys::pread(job.src, &mut buf[..want], offset + done) {
+                Ok(0) => return Ok(done),
+                Ok(n) => n,
+                Err(Errno::EINTR | Errno::EAGAIN) => continue,
+                Err(errno) => return Err(EntryError::new("read", job.src_path, errno)),
+            };
+            let mut written = 0;
+            while written < n {
+                match sys::pwrite(job.dst, &buf[written..n], offset + done + written as u64) {
+                    Ok(0) => return Err(EntryError::new("write", job.dst_path, Errno::EIO)),
+                    Ok(w) => written += w,
+                    Err(Errno::EINTR | Errno::EAGAIN) => continue,
+                    Err(errno) => return Err(EntryError::new("write", job.dst_path, errno)),
+                }
+            }
+            done += n as u64;
+            rep.copied_bytes(n as u64);
+        }
+        Ok(done)
+    })
+}
+
 fn write_all(job: &Job<'_>, data: &[u8]) -> EntryResult<()> {
     let mut written = 0;
     while written < data.len() {
@@ -492,6 +619,7 @@ mod tests {
             src_path: &path,
             dst_path: &path,
             reflink: Reflink::Auto,
+            parallel: false,
         };
         write_skipping_zeros(&job, &data).unwrap();
         sys::set_len(file.as_fd(), data.len() as u64).unwrap();
