@@ -10,4 +10,5 @@ mod devices;
 mod errors;
 mod exact;
 mod hostile;
+mod mirror;
 mod signals;

@@ -1,0 +1,733 @@
+//! Incremental runs and mirroring: up-to-date entries are left alone (the report and the inode
+//! numbers prove it), --itemize lists exactly what changed, --checksum / --ignore-existing /
+//! --update decide what to copy, --delete and its safety nets, --dry-run changes nothing,
+//! SIGKILL at random moments, the DST lock, filters, --fsync / --verify and -x.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::fs;
+use std::hash::{DefaultHasher, Hasher};
+use std::os::unix::fs::{MetadataExt, symlink};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::util::{
+    Mount, Rng, Run, TMP_PREFIX, Ts, assert_no_temp_files, bin, compare_trees, find_temp_files,
+    first_difference, gen_tree, run_cmd, set_mode, set_times, summary_fields, tempdir, treecopy,
+    write_big_file, write_random_file,
+};
+use crate::{args, require_root, skip_unless};
+
+const LOCK: &str = ".treecopy.lock";
+const OLD: Ts = Ts(1_300_000_000, 42);
+
+/// Every entry below `root` (never following symlinks), relative, with its lstat.
+fn entries(root: &Path) -> Vec<(PathBuf, fs::Metadata)> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let rd = fs::read_dir(root.join(&rel));
+        for e in rd.unwrap_or_else(|e| panic!("read_dir {}: {e}", rel.display())) {
+            let r = rel.join(e.unwrap().file_name());
+            let m = fs::symlink_metadata(root.join(&r)).unwrap();
+            if m.is_dir() {
+                stack.push(r.clone());
+            }
+            out.push((r, m));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// The relative paths below `root`, directories with a trailing `/`.
+fn paths(root: &Path) -> BTreeSet<String> {
+    let slash = |m: &fs::Metadata| if m.is_dir() { "/" } else { "" };
+    let all = entries(root).into_iter();
+    all.map(|(p, m)| format!("{}{}", p.display(), slash(&m)))
+        .collect()
+}
+
+fn inodes(root: &Path) -> BTreeMap<PathBuf, u64> {
+    let all = entries(root).into_iter();
+    all.map(|(p, m)| (p, m.ino())).collect()
+}
+
+/// Everything observable of a tree, the root itself included: names, types, modes, owners,
+/// mtimes, sizes, a hash of each file's content, symlink targets.
+fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
+    let mut all = entries(root);
+    all.push((PathBuf::new(), fs::symlink_metadata(root).unwrap()));
+    let describe = |rel: &Path, m: &fs::Metadata| {
+        let p = root.join(rel);
+        let mut h = DefaultHasher::new();
+        if m.is_file() {
+            h.write(&read(p));
+        } else if m.file_type().is_symlink() {
+            h.write(fs::read_link(&p).unwrap().as_os_str().as_encoded_bytes());
+        }
+        let size = if m.is_dir() { 0 } else { m.len() };
+        let owner = (m.uid(), m.gid());
+        let t = (m.mtime(), m.mtime_nsec());
+        format!("{:o} {owner:?} {t:?} {size} {:x}", m.mode(), h.finish())
+    };
+    let all = all.into_iter();
+    all.map(|(rel, m)| (rel.clone(), describe(&rel, &m)))
+        .collect()
+}
+
+#[track_caller]
+fn assert_same_snapshot(before: &BTreeMap<PathBuf, String>, dst: &Path, what: &str) {
+    let after = snapshot(dst);
+    let keys: BTreeSet<&PathBuf> = before.keys().chain(after.keys()).collect();
+    let diffs: Vec<String> = keys
+        .into_iter()
+        .filter(|k| before.get(*k) != after.get(*k))
+        .map(|k| format!("{k:?}: {:?} -> {:?}", before.get(k), after.get(k)))
+        .collect();
+    let diffs = diffs.join("\n  ");
+    assert!(diffs.is_empty(), "{what} changed DST:\n  {diffs}");
+}
+
+/// The itemized lines of a run's stdout (the JSON report, if any, left out).
+fn itemized(run: &Run) -> BTreeSet<String> {
+    let out = run.stdout.lines();
+    out.filter(|l| !l.trim().is_empty() && !l.starts_with('{'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The set of `|`-separated items.
+fn set_of(items: &str) -> BTreeSet<String> {
+    let all = items.split('|').filter(|s| !s.is_empty());
+    all.map(str::to_string).collect()
+}
+
+/// The JSON report: the last non-empty line of stdout.
+#[track_caller]
+fn json_report(run: &Run) -> &str {
+    let last = run.stdout.lines().rev().find(|l| !l.trim().is_empty());
+    let line = last.unwrap_or("").trim();
+    let whole = line.starts_with('{') && line.ends_with('}');
+    assert!(whole, "last stdout line is no JSON:\n{}", run.stdout);
+    line
+}
+
+/// The JSON text of the value of member `key` up to the end of the document (light parsing,
+/// whitespace-tolerant; keys used here are unique in the report).
+#[track_caller]
+fn json_value<'a>(doc: &'a str, key: &str) -> &'a str {
+    let pat = format!("\"{key}\"");
+    let at = doc
+        .find(&pat)
+        .unwrap_or_else(|| panic!("no {pat} in {doc}"));
+    let rest = doc[at + pat.len()..].trim_start();
+    let value = rest.strip_prefix(':');
+    value
+        .unwrap_or_else(|| panic!("{pat}: no ':' in {doc}"))
+        .trim_start()
+}
+
+/// A scalar member as its JSON text (strings keep their quotes).
+fn json_scalar<'a>(doc: &'a str, key: &str) -> &'a str {
+    let v = json_value(doc, key);
+    v[..v.find([',', '}']).unwrap_or(v.len())].trim()
+}
+
+/// The numeric members of the flat object that is the value of `key`.
+#[track_caller]
+fn json_numbers(doc: &str, key: &str) -> BTreeMap<String, String> {
+    let v = json_value(doc, key);
+    assert!(v.starts_with('{'), "\"{key}\" is not an object in {doc}");
+    let body = v[1..v.find('}').unwrap()].split(',');
+    let pairs = body.filter_map(|kv| kv.split_once(':'));
+    pairs
+        .map(|(k, n)| (k.trim().trim_matches('"').into(), n.trim().into()))
+        .collect()
+}
+
+/// Asserts that `fields` holds each `key=value` of `want`.
+#[track_caller]
+fn assert_fields(fields: &BTreeMap<String, String>, want: &str, what: &str) {
+    for (k, v) in want.split_whitespace().filter_map(|kv| kv.split_once('=')) {
+        let got = fields.get(k).map(String::as_str);
+        assert_eq!(got, Some(v), "{k} in {what}");
+    }
+}
+
+/// The summary line on stderr carries each `key=value` of `want`.
+#[track_caller]
+fn assert_summary(run: &Run, want: &str) {
+    let s = summary_fields(run).unwrap_or_else(|| panic!("no summary:\n{}", run.stderr));
+    assert_fields(&s, want, &run.stderr);
+}
+
+/// Writes ROOT/REL, creating its parent directories.
+fn put(root: &Path, rel: &str, data: &[u8]) {
+    let p = root.join(rel);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(&p, data).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+}
+
+fn read(p: PathBuf) -> Vec<u8> {
+    fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+}
+
+fn mtime(p: PathBuf) -> (i64, i64) {
+    let m = fs::symlink_metadata(p).unwrap();
+    (m.mtime(), m.mtime_nsec())
+}
+
+/// The options in `opts` (whitespace-separated), then SRC and DST.
+fn argv(opts: &str, src: &Path, dst: &Path) -> Vec<OsString> {
+    let mut a: Vec<OsString> = opts.split_whitespace().map(Into::into).collect();
+    a.extend([src.into(), dst.into()]);
+    a
+}
+
+/// Sets every directory's times (deepest first, `root` included) to one fixed value, so only
+/// what a test changes on purpose differs between SRC and an earlier copy.
+fn settle_dirs(root: &Path) {
+    let all = entries(root).into_iter();
+    let mut dirs: Vec<PathBuf> = all.filter(|(_, m)| m.is_dir()).map(|(p, _)| p).collect();
+    dirs.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    dirs.push(PathBuf::new());
+    for d in dirs {
+        set_times(&root.join(d), OLD, Ts(1_450_000_000, 777));
+    }
+}
+
+/// A small fixed tree: six files with old nanosecond mtimes, a symlink, four directories.
+fn small_tree(root: &Path) {
+    let files = "top.txt a/one.txt a/two.txt a/b/three.txt c/four.bin c/five.txt";
+    for (i, rel) in files.split_whitespace().enumerate() {
+        // Distinct contents and sizes (c/four.bin: 10 kB).
+        let data = rel.repeat(if i == 4 { 1000 } else { i + 1 });
+        put(root, rel, data.as_bytes());
+        set_mode(&root.join(rel), 0o644);
+        let i = i as i64;
+        set_times(&root.join(rel), OLD, Ts(1_500_000_000 + i, 123 * i));
+    }
+    symlink("a/one.txt", root.join("link")).unwrap();
+    set_times(&root.join("link"), OLD, Ts(1_400_000_000, 1));
+    settle_dirs(root);
+}
+
+fn src_dst() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempdir();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    (tmp, src, dst)
+}
+
+/// 400 files of 1-60 KB in 20 dirs, six of ~4 MiB and 20 symlinks: a copy with one or two
+/// workers takes a few tenths of a second.
+fn busy_tree(root: &Path) {
+    for d in 0..20u64 {
+        let dir = root.join(format!("d{d:02}"));
+        fs::create_dir_all(&dir).unwrap();
+        for i in 0..20u64 {
+            let len = 1000 + ((d * 20 + i) * 7919 % 60_000) as usize;
+            write_random_file(&dir.join(format!("f{i:02}")), len, d * 100 + i);
+        }
+        symlink(format!("f{:02}", d % 20), dir.join("link")).unwrap();
+    }
+    for b in 0..6u64 {
+        let p = root.join(format!("d{:02}/big{b}.bin", b * 3));
+        write_big_file(&p, (4 << 20) + b * 4099, b);
+    }
+}
+
+/// After a kill, every regular file under its final name in DST equals its source (temp files
+/// and the lock file that a killed run leaves at the top aside).
+#[track_caller]
+fn assert_final_names_complete(src: &Path, dst: &Path) {
+    if !dst.exists() {
+        return;
+    }
+    let mut bad = Vec::new();
+    for (rel, m) in entries(dst) {
+        let name = rel.file_name().unwrap().to_string_lossy();
+        if !m.is_file() || rel == Path::new(LOCK) || name.starts_with(TMP_PREFIX) {
+            continue;
+        }
+        match first_difference(&src.join(&rel), &dst.join(&rel)) {
+            Ok(None) => {}
+            Ok(Some(off)) => bad.push(format!("{}: differs at byte {off}", rel.display())),
+            Err(e) => bad.push(format!("{}: {e}", rel.display())),
+        }
+    }
+    let bad = bad.join("\n  ");
+    assert!(bad.is_empty(), "incomplete files in DST:\n  {bad}");
+}
+
+/// A spawned run, killed (and continued, if stopped) and reaped when dropped, so a failing test
+/// leaves no process behind.
+struct Proc(Child);
+
+impl Proc {
+    fn spawn(args: Vec<OsString>) -> Proc {
+        let mut cmd = Command::new(bin());
+        cmd.args(args).stdin(Stdio::null());
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        Proc(cmd.spawn().expect("spawn treecopy"))
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on our own child, which is not reaped before Proc is dropped.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, sig) };
+    }
+
+    fn running(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+
+    #[track_caller]
+    fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.0.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "still running after {timeout:?}");
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.running() {
+            self.signal(libc::SIGKILL);
+            self.signal(libc::SIGCONT);
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Waits until a run has taken the lock on `dst` and started copying: the lock file exists
+/// beside at least one other entry. Panics if the run ends first.
+#[track_caller]
+fn wait_until_copying(p: &mut Proc, dst: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let names: Vec<OsString> = fs::read_dir(dst)
+            .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        if names.iter().any(|n| n == LOCK) && names.len() > 1 {
+            return;
+        }
+        assert!(p.running(), "the run ended before it was seen copying");
+        assert!(Instant::now() < deadline, "the run never started copying");
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn second_run_copies_nothing() {
+    require_root!();
+    let (_tmp, src, dst) = src_dst();
+    let m = gen_tree(&src, 0x1AC_0001);
+    treecopy(args!["-j4", &src, &dst]).assert_code(0);
+    let before = inodes(&dst);
+    let run = treecopy(args!["-j4", "--json", &src, &dst]);
+    run.assert_code(0);
+    // Every entry that is not a directory is found up to date.
+    let non_dirs = m.files + m.symlinks;
+    let zero = format!("copied=0 updated=0 deleted=0 failed=0 skipped={non_dirs}");
+    assert_summary(&run, &format!("bytes=0 {zero}"));
+    let doc = json_report(&run);
+    assert_eq!(json_scalar(doc, "schema"), "\"treecopy-report/1\"");
+    assert_eq!(json_scalar(doc, "outcome"), "\"ok\"");
+    assert_eq!(json_scalar(doc, "exit_code"), "0");
+    assert_fields(&json_numbers(doc, "counts"), &zero, doc);
+    let bytes = format!("copied=0 skipped={}", m.bytes);
+    assert_fields(&json_numbers(doc, "bytes"), &bytes, doc);
+    assert_eq!(inodes(&dst), before, "the second run replaced entries");
+    compare_trees(&src, &dst);
+}
+
+#[test]
+fn itemize_lists_exactly_touched_grown_and_chmodded_files() {
+    let (_tmp, src, dst) = src_dst();
+    small_tree(&src);
+    treecopy(args![&src, &dst]).assert_code(0);
+    let before = inodes(&dst);
+    set_times(&src.join("top.txt"), OLD, Ts(1_600_000_000, 5));
+    let three = src.join("a/b/three.txt");
+    let mut f = fs::OpenOptions::new().append(true).open(three).unwrap();
+    std::io::Write::write_all(&mut f, b" and more").unwrap();
+    drop(f);
+    set_mode(&src.join("c/five.txt"), 0o600);
+
+    let run = treecopy(args!["-i", "--json", &src, &dst]);
+    run.assert_code(0);
+    let want = ">f..t...... top.txt|>f.st...... a/b/three.txt|.f...p..... c/five.txt";
+    assert_eq!(itemized(&run), set_of(want));
+    let doc = json_report(&run);
+    let counts = json_numbers(doc, "counts");
+    assert_fields(&counts, "copied=2 updated=1 deleted=0 failed=0", doc);
+    // Only the two recopied files are new inodes; the chmod was fixed in place.
+    let after = inodes(&dst);
+    let changed = before.iter().filter(|(k, ino)| after[*k] != **ino);
+    let changed: Vec<&Path> = changed.map(|(k, _)| k.as_path()).collect();
+    assert_eq!(changed, [Path::new("a/b/three.txt"), Path::new("top.txt")]);
+    compare_trees(&src, &dst);
+}
+
+#[test]
+fn itemize_lists_new_entries_and_deletions() {
+    let (_tmp, src, dst) = src_dst();
+    small_tree(&src);
+    treecopy(args![&src, &dst]).assert_code(0);
+    let before = inodes(&dst);
+    put(&src, "new.txt", b"new");
+    put(&src, "newdir/inner.txt", b"inner");
+    symlink("../top.txt", src.join("a/newlink")).unwrap();
+    fs::remove_dir_all(src.join("c")).unwrap();
+    fs::remove_file(src.join("a/two.txt")).unwrap();
+    settle_dirs(&src);
+
+    let run = treecopy(args!["-i", "--delete", &src, &dst]);
+    run.assert_code(0);
+    let want = ">f+++++++++ new.txt|cd+++++++++ newdir/|>f+++++++++ newdir/inner.txt|\
+                cL+++++++++ a/newlink -> ../top.txt|*deleting   a/two.txt|\
+                *deleting   c/|*deleting   c/four.bin|*deleting   c/five.txt";
+    assert_eq!(itemized(&run), set_of(want));
+    assert_summary(&run, "copied=4 deleted=4 updated=0");
+    let after = inodes(&dst);
+    for rel in ["top.txt", "a", "a/one.txt", "a/b", "a/b/three.txt", "link"] {
+        let rel = Path::new(rel);
+        assert_eq!(after[rel], before[rel], "{} was replaced", rel.display());
+    }
+    compare_trees(&src, &dst);
+}
+
+#[test]
+fn checksum_recopies_a_change_that_kept_size_and_mtime() {
+    let (_tmp, src, dst) = src_dst();
+    fs::create_dir(&src).unwrap();
+    let (f, t) = (src.join("f.bin"), Ts(1_555_555_555, 555));
+    write_random_file(&f, 65_536, 1);
+    write_random_file(&src.join("g.bin"), 5_000, 2);
+    set_times(&f, OLD, t);
+    treecopy(args![&src, &dst]).assert_code(0);
+    let old = read(dst.join("f.bin"));
+    let mut data = old.clone();
+    data[40_000] ^= 0xff;
+    fs::write(&f, &data).unwrap();
+    set_times(&f, OLD, t);
+    let ino = inodes(&dst);
+
+    let run = treecopy(args!["-i", &src, &dst]);
+    run.assert_code(0);
+    assert_eq!(itemized(&run), BTreeSet::new(), "without -c");
+    assert_eq!(read(dst.join("f.bin")), old, "recopied without -c");
+    assert_eq!(inodes(&dst), ino);
+
+    let run = treecopy(args!["-c", "-i", &src, &dst]);
+    run.assert_code(0);
+    let lines: Vec<String> = itemized(&run).into_iter().collect();
+    let ok = lines.len() == 1 && lines[0].starts_with(">fc") && lines[0].ends_with(" f.bin");
+    assert!(ok, "with -c: {lines:?}");
+    assert_eq!(read(dst.join("f.bin")), data, "not recopied with -c");
+    let g = Path::new("g.bin");
+    assert_eq!(inodes(&dst)[g], ino[g], "g.bin recopied with -c");
+    compare_trees(&src, &dst);
+}
+
+#[test]
+fn ignore_existing_and_update_keep_destination_files() {
+    let (_tmp, src, dst) = src_dst();
+    let t = 1_500_000_000;
+    // (name, DST's mtime): older and newer than the source's.
+    let files = [("older.txt", t - 100), ("newer.txt", t + 100)];
+    for (name, dst_mtime) in files {
+        put(&src, name, b"source version");
+        set_times(&src.join(name), OLD, Ts(t, 0));
+        put(&dst, name, b"dst");
+        set_times(&dst.join(name), OLD, Ts(dst_mtime, 7));
+    }
+    put(&src, "sub/new.txt", b"new");
+    let ino = inodes(&dst);
+    treecopy(args!["--ignore-existing", &src, &dst]).assert_code(0);
+    for (name, dst_mtime) in files {
+        let what = format!("{name} with --ignore-existing");
+        assert_eq!(read(dst.join(name)), b"dst", "{what}");
+        assert_eq!(mtime(dst.join(name)), (dst_mtime, 7), "{what}");
+        let name = Path::new(name);
+        assert_eq!(inodes(&dst)[name], ino[name], "{what}");
+    }
+    assert_eq!(read(dst.join("sub/new.txt")), b"new");
+
+    treecopy(args!["-u", &src, &dst]).assert_code(0);
+    assert_eq!(read(dst.join("newer.txt")), b"dst", "-u replaced newer");
+    assert_eq!(mtime(dst.join("newer.txt")), (t + 100, 7));
+    assert_eq!(read(dst.join("older.txt")), b"source version", "-u");
+    assert_eq!(mtime(dst.join("older.txt")), (t, 0));
+}
+
+#[test]
+fn delete_removes_exactly_the_extraneous_entries() {
+    let (tmp, src, dst) = src_dst();
+    put(&src, "keep.txt", b"keep");
+    put(&src, "sub/keep2.txt", b"keep2");
+    symlink("keep.txt", src.join("link")).unwrap();
+    treecopy(args![&src, &dst]).assert_code(0);
+    let outside = tmp.path().join("outside");
+    put(&outside, "f1", b"outside 1");
+    put(&outside, "f2", b"outside 2");
+    // 7 extraneous entries (olddir counts with its 3 below), and 2 that the filter excludes.
+    for rel in ["extra.txt", "sub/extra2.txt", "olddir/x", "olddir/y/z"] {
+        put(&dst, rel, b"x");
+    }
+    symlink(&outside, dst.join("escape")).unwrap();
+    put(&dst, "cache.bak", b"excluded");
+    put(&dst, "sub/more.bak", b"excluded");
+
+    let run = treecopy(argv("--delete --exclude *.bak", &src, &dst));
+    run.assert_code(0);
+    let kept = "keep.txt|link|sub/|sub/keep2.txt|";
+    let want = format!("{kept}cache.bak|sub/more.bak");
+    assert_eq!(paths(&dst), set_of(&want));
+    assert_summary(&run, "deleted=7");
+    assert_eq!(paths(&outside), set_of("f1|f2"), "link target emptied");
+    assert_eq!(read(outside.join("f1")), b"outside 1");
+
+    let opts = "--delete --delete-excluded --exclude *.bak";
+    treecopy(argv(opts, &src, &dst)).assert_code(0);
+    assert_eq!(paths(&dst), set_of(kept));
+    compare_trees(&src, &dst);
+}
+
+#[test]
+fn max_delete_refuses_the_whole_run_when_over_the_limit() {
+    let (_tmp, src, dst) = src_dst();
+    small_tree(&src);
+    treecopy(args![&src, &dst]).assert_code(0);
+    // Pending work besides the deletions: a new file and an update.
+    put(&src, "pending.txt", b"pending");
+    set_times(&src.join("top.txt"), OLD, Ts(1_650_000_000, 0));
+    for rel in ["e1", "e2", "a/e3", "a/b/e4", "c/e5"] {
+        put(&dst, rel, rel.as_bytes());
+    }
+    let before = snapshot(&dst);
+    let run = treecopy(argv("--delete --max-delete 4", &src, &dst));
+    run.assert_code(4);
+    assert_same_snapshot(&before, &dst, "a refused --max-delete run");
+
+    let run = treecopy(argv("--delete --max-delete 5", &src, &dst));
+    run.assert_code(0);
+    assert_summary(&run, "deleted=5");
+    compare_trees(&src, &dst);
+}
+
+#[test]
+fn delete_with_an_empty_source_needs_allow_empty_source() {
+    let (_tmp, src, dst) = src_dst();
+    fs::create_dir(&src).unwrap();
+    put(&dst, "a", b"a");
+    put(&dst, "d/b", b"b");
+    let before = snapshot(&dst);
+    treecopy(args!["--delete", &src, &dst]).assert_code(4);
+    assert_same_snapshot(&before, &dst, "--delete from an empty SRC");
+    let opts = "--delete --allow-empty-source";
+    treecopy(argv(opts, &src, &dst)).assert_code(0);
+    assert_eq!(paths(&dst), BTreeSet::new());
+}
+
+#[test]
+fn dry_run_changes_nothing_and_itemizes_what_a_real_run_does() {
+    let (_tmp, src, dst) = src_dst();
+    small_tree(&src);
+    treecopy(args![&src, &dst]).assert_code(0);
+    put(&src, "new.txt", b"new");
+    put(&src, "newdir/inner.txt", b"inner");
+    set_times(&src.join("top.txt"), OLD, Ts(1_600_000_000, 9));
+    put(&src, "a/one.txt", b"one, grown");
+    set_mode(&src.join("c/five.txt"), 0o640);
+    symlink("a/b", src.join("dirlink")).unwrap();
+    fs::remove_file(src.join("a/two.txt")).unwrap();
+    put(&dst, "stale/deeper/s", b"stale");
+    let before = snapshot(&dst);
+
+    let dry = treecopy(args!["-n", "--delete", &src, &dst]);
+    dry.assert_code(0);
+    assert_same_snapshot(&before, &dst, "--dry-run");
+    let lines = itemized(&dry);
+    let want = ">f+++++++++ new.txt|cd+++++++++ newdir/|>f+++++++++ newdir/inner.txt|\
+                >f..t...... top.txt|>f.st...... a/one.txt|.f...p..... c/five.txt|\
+                cL+++++++++ dirlink -> a/b|*deleting   a/two.txt|*deleting   stale/|\
+                *deleting   stale/deeper/|*deleting   stale/deeper/s";
+    let missing: Vec<String> = set_of(want).difference(&lines).cloned().collect();
+    assert!(missing.is_empty(), "dry run lacks {missing:?}: {lines:#?}");
+    let real = treecopy(args!["-i", "--delete", &src, &dst]);
+    real.assert_code(0);
+    assert_eq!(lines, itemized(&real), "dry run vs real run");
+    compare_trees(&src, &dst);
+}
+
+#[test]
+fn sigkill_at_random_moments_then_rerun_converges() {
+    let (_tmp, src, dst) = src_dst();
+    busy_tree(&src);
+    let mut took = Duration::ZERO;
+    for _ in 0..2 {
+        let t = Instant::now();
+        treecopy(args!["-j2", &src, &dst]).assert_code(0);
+        took += t.elapsed() / 2;
+        fs::remove_dir_all(&dst).unwrap();
+    }
+    let typical_us = took.as_micros().max(20_000) as u64;
+    let mut rng = Rng::new(0x5161_4B11);
+    let (mut kills, mut mid_run, mut round, mut left_tmp, mut left_lock) = (0, 0, 0, 0, 0);
+    while kills < 20 {
+        if dst.exists() {
+            fs::remove_dir_all(&dst).unwrap();
+        }
+        // Odd rounds also kill the run that resumes from the first killed one.
+        for _ in 0..(1 + round % 2).min(20 - kills) {
+            let mut p = Proc::spawn(args!["-j2", &src, &dst]);
+            thread::sleep(Duration::from_micros(rng.below(typical_us)));
+            if p.running() {
+                p.signal(libc::SIGKILL);
+                mid_run += 1;
+            }
+            let st = p.wait(Duration::from_secs(30));
+            assert!(st.success() || st.signal() == Some(libc::SIGKILL), "{st}");
+            kills += 1;
+            assert_final_names_complete(&src, &dst);
+            left_tmp += usize::from(!find_temp_files(&dst).is_empty());
+            left_lock += usize::from(dst.join(LOCK).exists());
+        }
+        let run = treecopy(args!["-j2", &src, &dst]);
+        run.assert_code(0);
+        compare_trees(&src, &dst);
+        assert_no_temp_files(&dst);
+        assert!(!dst.join(LOCK).exists(), "lock left after round {round}");
+        round += 1;
+    }
+    eprintln!("copy {took:?}; {mid_run} kills mid-run; left {left_tmp} tmp, {left_lock} lock");
+    assert!(mid_run >= 10, "only {mid_run} of 20 kills landed mid-run");
+}
+
+#[test]
+fn a_locked_destination_refuses_a_second_run_and_wait_waits() {
+    let (_tmp, src, dst) = src_dst();
+    busy_tree(&src);
+    let mut a = Proc::spawn(args!["-j1", &src, &dst]);
+    wait_until_copying(&mut a, &dst);
+    // Frozen while it holds the lock: a run in progress for as long as the test needs.
+    a.signal(libc::SIGSTOP);
+    let mut cmd = Command::new(bin());
+    cmd.args(args![&src, &dst]);
+    let b = run_cmd(cmd, Duration::from_secs(20));
+    b.assert_code(3);
+    assert!(b.stderr.contains("locked"), "stderr: {}", b.stderr);
+
+    let mut c = Proc::spawn(args!["--wait", &src, &dst]);
+    thread::sleep(Duration::from_millis(700));
+    assert!(c.running(), "the --wait run did not wait for the lock");
+    a.signal(libc::SIGCONT);
+    let st = a.wait(Duration::from_secs(60));
+    assert!(st.success(), "first run: {st}");
+    let st = c.wait(Duration::from_secs(60));
+    assert!(st.success(), "--wait run: {st}");
+    compare_trees(&src, &dst);
+    assert!(!dst.join(LOCK).exists());
+}
+
+#[test]
+fn a_lock_left_by_a_killed_run_does_not_block_the_next() {
+    let (_tmp, src, dst) = src_dst();
+    busy_tree(&src);
+    let mut a = Proc::spawn(args!["-j1", &src, &dst]);
+    wait_until_copying(&mut a, &dst);
+    a.signal(libc::SIGKILL);
+    a.wait(Duration::from_secs(30));
+    assert!(dst.join(LOCK).exists(), "SIGKILL left no lock file");
+    let run = treecopy(args![&src, &dst]);
+    run.assert_code(0);
+    compare_trees(&src, &dst);
+    assert_no_temp_files(&dst);
+    assert!(!dst.join(LOCK).exists(), "lock file left behind");
+}
+
+#[test]
+fn filters_copy_exactly_the_expected_paths() {
+    let tmp = tempdir();
+    let src = tmp.path().join("src");
+    let files = "a.txt b.tmp top-only keep.log debug.log x.grib sub/c.tmp sub/d.txt \
+        sub/top-only sub/e.grib sub/trace.log cache/blob sub/cache/blob2 other/cache \
+        build/out.o sub/build/keep.o deep/er/f.grib deep/er/g.nc";
+    for f in files.split_whitespace() {
+        put(&src, f, f.as_bytes());
+    }
+    let all = paths(&src);
+    // All paths but the given ones (a directory with its contents).
+    let without = |gone: &str| -> BTreeSet<String> {
+        let gone = set_of(gone);
+        let under = |p: &String, g: &String| g.ends_with('/') && p.starts_with(g);
+        let hit = |p: &String| gone.iter().any(|g| p == g || under(p, g));
+        all.iter().filter(|p| !hit(p)).cloned().collect()
+    };
+    let rules = tmp.path().join("rules");
+    let text = "# build outputs and logs\n\n+ keep.log\n*.log\n/build/\n# temporaries\n*.tmp\n";
+    fs::write(&rules, text).unwrap();
+    let exclude_from = format!("--exclude-from {}", rules.display());
+    let c0 = without("b.tmp|sub/c.tmp|top-only|cache/|sub/cache/");
+    let grib = |p: &&String| p.ends_with('/') || p.ends_with(".grib");
+    let c1: BTreeSet<String> = all.iter().filter(grib).cloned().collect();
+    let c3 = without("debug.log|sub/trace.log|build/|b.tmp|sub/c.tmp");
+    let cases = [
+        ("--exclude *.tmp --exclude /top-only --exclude cache/", c0),
+        ("--include */ --include *.grib --exclude *", c1),
+        // First match wins: everything is excluded before the include is reached.
+        ("--exclude * --include *.grib", BTreeSet::new()),
+        (exclude_from.as_str(), c3),
+    ];
+    for (i, (opts, want)) in cases.into_iter().enumerate() {
+        let dst = tmp.path().join(format!("dst{i}"));
+        treecopy(argv(opts, &src, &dst)).assert_code(0);
+        assert_eq!(paths(&dst), want, "filters {opts}");
+    }
+    assert_eq!(read(tmp.path().join("dst0/other/cache")), b"other/cache");
+}
+
+#[test]
+fn fsync_and_verify_produce_exact_copies() {
+    require_root!();
+    let tmp = tempdir();
+    let src = tmp.path().join("src");
+    gen_tree(&src, 0xF5_7C);
+    for (i, opts) in ["--fsync", "--verify", "--fsync --verify"]
+        .iter()
+        .enumerate()
+    {
+        let dst = tmp.path().join(format!("dst{i}"));
+        treecopy(argv(&format!("-j4 {opts}"), &src, &dst)).assert_code(0);
+        compare_trees(&src, &dst);
+        assert_no_temp_files(&dst);
+    }
+}
+
+#[test]
+fn one_file_system_creates_mount_points_empty() {
+    let tmp = tempdir();
+    let src = tmp.path().join("src");
+    put(&src, "a.txt", b"a");
+    put(&src, "sub/b.txt", b"b");
+    let _mount = skip_unless!(Mount::tmpfs(&src.join("sub/mnt"), "4m"));
+    put(&src, "sub/mnt/inside.txt", b"on tmpfs");
+    put(&src, "sub/mnt/inner/deep.txt", b"deep");
+
+    let dst = tmp.path().join("dst");
+    treecopy(args!["-x", &src, &dst]).assert_code(0);
+    assert_eq!(paths(&dst), set_of("a.txt|sub/|sub/b.txt|sub/mnt/"));
+    // Without -x the mount's contents are copied: the fixture does hold something to skip.
+    let all = tmp.path().join("all");
+    treecopy(args![&src, &all]).assert_code(0);
+    assert!(paths(&all).contains("sub/mnt/inner/deep.txt"));
+}
