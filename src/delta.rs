@@ -95,6 +95,22 @@ impl MetaDiff {
     }
 }
 
+/// How far apart two filesystems' clocks (SRC's and DST's servers) may be for the ctime
+/// ordering below to hold.
+pub const CLOCK_SLACK_NS: i128 = 120 * 1_000_000_000;
+
+/// Whether an up-to-date entry's xattrs (and ACLs) must be read on both sides to know they
+/// agree. They need not be when the source's inode has not changed since the copy's last did
+/// (its ctime, which only the kernel sets, is older): the copy was written or fixed after the
+/// source's last metadata change and carries what the source had then, which it still has.
+/// An xattr removed from the source moves its ctime (not its mtime), so it is found. What
+/// this cannot see is a change made to the copy alone; `thorough` (--checksum) reads them
+/// always. The slack covers clocks of different servers for SRC and DST.
+pub fn must_read_xattrs(src: &Stat, dst: &Stat, thorough: bool) -> bool {
+    let ns = |(s, n): (i64, i64)| s as i128 * 1_000_000_000 + n as i128;
+    thorough || ns(src.ctime) + CLOCK_SLACK_NS >= ns(dst.ctime)
+}
+
 /// What the destination's owner, group and mode should be, given who we are: root keeps
 /// everything; others cannot give files away, keep only groups they are in, and lose
 /// setuid/setgid with the owner or group (as the copy itself does).
@@ -242,6 +258,7 @@ mod tests {
             blocks: size.div_ceil(512),
             atime: mtime,
             mtime,
+            ctime: mtime,
         }
     }
 
@@ -311,6 +328,29 @@ mod tests {
                 *want,
                 "{policy:?}\n src {src:?}\n dst {dst:?}"
             );
+        }
+    }
+
+    #[test]
+    fn xattrs_are_read_when_the_source_changed_since_the_copy() {
+        let copied_at = (1_800_000_000, 0);
+        let dst = Stat {
+            ctime: copied_at,
+            ..stat(F, 1, (5, 0))
+        };
+        let old_src = Stat {
+            ctime: (copied_at.0 - 86_400, 0),
+            ..stat(F, 1, (5, 0))
+        };
+        assert!(!must_read_xattrs(&old_src, &dst, false));
+        assert!(must_read_xattrs(&old_src, &dst, true));
+        // Changed after the copy (an ACL removed), or too close to it to tell apart.
+        for later in [copied_at.0 + 3600, copied_at.0 - 60] {
+            let src = Stat {
+                ctime: (later, 0),
+                ..old_src
+            };
+            assert!(must_read_xattrs(&src, &dst, false), "source ctime {later}");
         }
     }
 

@@ -789,9 +789,6 @@ impl Engine {
             dir,
             src_name,
             dst_name,
-            src_path: dir.src_path(src_name),
-            dst_path: dir.dst_path(dst_name),
-            rel: dir.rel(dst_name),
         };
         let result = match kind {
             Kind::File => self.copy_file(&at, hint),
@@ -810,7 +807,7 @@ impl Engine {
         match sys::lstat_at(dst, at.dst_name) {
             Ok(st) => Ok(Some(st)),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-            Err(e) => Err(EntryError::new("stat", &at.dst_path, e)),
+            Err(e) => Err(EntryError::new("stat", &at.dst_path(), e)),
         }
     }
 
@@ -844,7 +841,7 @@ impl Engine {
             Verdict::Kept => {
                 self.rep.skipped(file_size(st));
                 if let Some(first) = first.take() {
-                    first.committed(&at.dst_path);
+                    first.committed(&at.dst_path());
                 }
                 return Ok(None);
             }
@@ -867,29 +864,31 @@ impl Engine {
         let src_node = Node::At(at.dir.src.as_fd(), at.src_name);
         let diff = self
             .meta
-            .diff(
+            .diff_rerun(
                 src_node,
                 st,
                 Node::At(dst, at.dst_name),
                 &old,
                 self.opts.policy.modify_window_ns,
+                self.opts.policy.checksum,
             )
-            .map_err(|e| meta_error(e, &at.dst_path))?;
+            .map_err(|e| meta_error(e, &at.dst_path()))?;
         if diff.any() {
             if !self.opts.dry_run {
                 let applied = self
                     .meta
                     .fix_in_place(src_node, dst, at.dst_name, st, &diff)
-                    .map_err(|e| meta_error(e, &at.dst_path))?;
-                self.note(applied, at.dir.dst_dev, &at.dst_path);
+                    .map_err(|e| meta_error(e, &at.dst_path()))?;
+                self.note(applied, at.dir.dst_dev, &at.dst_path());
             }
-            self.rep.itemize(Change::Meta(diff), st.mode, &at.rel, None);
+            self.rep
+                .itemize(Change::Meta(diff), st.mode, &at.rel(), None);
             self.rep.updated();
         } else {
             self.rep.skipped(file_size(st));
         }
         if let Some(first) = first.take() {
-            first.committed(&at.dst_path);
+            first.committed(&at.dst_path());
         }
         Ok(None)
     }
@@ -901,7 +900,7 @@ impl Engine {
         if !self.opts.delete {
             return Err(EntryError::new(
                 "replace",
-                &at.dst_path,
+                &at.dst_path(),
                 io::Error::other("a directory of that name is in the way (--delete replaces it)"),
             ));
         }
@@ -909,10 +908,10 @@ impl Engine {
             .dir
             .dst()
             .expect("an existing entry has a destination directory");
-        if self.remove(dst, at.dst_name, &at.rel, &at.dst_path) {
+        if self.remove(dst, at.dst_name, &at.rel(), &at.dst_path()) {
             Ok(())
         } else {
-            Err(EntryError::interrupted(&at.dst_path))
+            Err(EntryError::interrupted(&at.dst_path()))
         }
     }
 
@@ -939,20 +938,20 @@ impl Engine {
         let (src, st) = match old {
             None => {
                 let src =
-                    sys::open_source(dir.src.as_fd(), at.src_name).ctx("open", &at.src_path)?;
-                let st = sys::fstat(src.as_fd()).ctx("stat", &at.src_path)?;
+                    sys::open_source(dir.src.as_fd(), at.src_name).ctx("open", &at.src_path())?;
+                let st = sys::fstat(src.as_fd()).ctx("stat", &at.src_path())?;
                 (Some(src), st)
             }
             Some(_) => (
                 None,
-                sys::lstat_at(dir.src.as_fd(), at.src_name).ctx("stat", &at.src_path)?,
+                sys::lstat_at(dir.src.as_fd(), at.src_name).ctx("stat", &at.src_path())?,
             ),
         };
         if st.kind() != Kind::File {
             // Replaced by something else since the listing: never read a FIFO or device.
             return Err(EntryError::new(
                 "open",
-                &at.src_path,
+                &at.src_path(),
                 io::Error::other("changed type during the copy; not a regular file"),
             ));
         }
@@ -966,10 +965,10 @@ impl Engine {
         };
         let change = self.written(&how, &st);
         if self.opts.dry_run {
-            self.rep.itemize(change, st.mode, &at.rel, None);
+            self.rep.itemize(change, st.mode, &at.rel(), None);
             self.rep.done_file(st.size);
             if let Some(first) = first {
-                first.committed(&at.dst_path);
+                first.committed(&at.dst_path());
             }
             return Ok(());
         }
@@ -977,16 +976,16 @@ impl Engine {
             Some(src) => (src, st),
             None => {
                 let src =
-                    sys::open_source(dir.src.as_fd(), at.src_name).ctx("open", &at.src_path)?;
-                let st = sys::fstat(src.as_fd()).ctx("stat", &at.src_path)?;
+                    sys::open_source(dir.src.as_fd(), at.src_name).ctx("open", &at.src_path())?;
+                let st = sys::fstat(src.as_fd()).ctx("stat", &at.src_path())?;
                 (src, st)
             }
         };
         let bytes = self.write_file(at, &src, &st)?;
         if let Some(first) = first {
-            first.committed(&at.dst_path);
+            first.committed(&at.dst_path());
         }
-        self.rep.itemize(change, st.mode, &at.rel, None);
+        self.rep.itemize(change, st.mode, &at.rel(), None);
         self.rep.done_file(bytes);
         Ok(())
     }
@@ -997,12 +996,12 @@ impl Engine {
             .dir
             .dst()
             .expect("an existing entry has a destination directory");
-        let src = sys::open_source(at.dir.src.as_fd(), at.src_name).ctx("open", &at.src_path)?;
-        let old = sys::open_read(dst, at.dst_name).ctx("open", &at.dst_path)?;
+        let src = sys::open_source(at.dir.src.as_fd(), at.src_name).ctx("open", &at.src_path())?;
+        let old = sys::open_read(dst, at.dst_name).ctx("open", &at.dst_path())?;
         let (a, _) =
-            crate::hash::hash_fd(src.as_fd()).map_err(|e| self.hash_error(&at.src_path, e))?;
+            crate::hash::hash_fd(src.as_fd()).map_err(|e| self.hash_error(&at.src_path(), e))?;
         let (b, _) =
-            crate::hash::hash_fd(old.as_fd()).map_err(|e| self.hash_error(&at.dst_path, e))?;
+            crate::hash::hash_fd(old.as_fd()).map_err(|e| self.hash_error(&at.dst_path(), e))?;
         Ok(a == b)
     }
 
@@ -1019,7 +1018,8 @@ impl Engine {
     fn write_file(&self, at: &At, src: &OwnedFd, st: &Stat) -> EntryResult<u64> {
         let dir = at.dir;
         let dst_dir = dir.dst().expect("a real run has its destination directory");
-        let (src_path, dst_path) = (at.src_path.as_path(), at.dst_path.as_path());
+        let (src_path, dst_path) = (at.src_path(), at.dst_path());
+        let (src_path, dst_path) = (src_path.as_path(), dst_path.as_path());
         self.rep.found_bytes(st.size);
         let temp = {
             let _one_at_a_time = dir.local_dst.then(|| lock(&self.create_lock));
@@ -1069,24 +1069,30 @@ impl Engine {
     fn verify(&self, temp: &TempEntry<'_>, src: &OwnedFd, at: &At) -> EntryResult<()> {
         let written = temp.fd().expect("a temp file is open");
         if self.opts.fsync {
-            sys::fsync(written).ctx("fsync", &at.dst_path)?;
+            sys::fsync(written).ctx("fsync", &at.dst_path())?;
             sys::drop_cache(written);
         }
-        let back = sys::open_read(temp.dir(), temp.name()).ctx("open for verify", &at.dst_path)?;
+        let back =
+            sys::open_read(temp.dir(), temp.name()).ctx("open for verify", &at.dst_path())?;
         let (a, _) =
-            crate::hash::hash_fd(src.as_fd()).map_err(|e| self.hash_error(&at.src_path, e))?;
+            crate::hash::hash_fd(src.as_fd()).map_err(|e| self.hash_error(&at.src_path(), e))?;
         let (b, _) =
-            crate::hash::hash_fd(back.as_fd()).map_err(|e| self.hash_error(&at.dst_path, e))?;
+            crate::hash::hash_fd(back.as_fd()).map_err(|e| self.hash_error(&at.dst_path(), e))?;
         if a != b {
             return Err(EntryError::between(
                 "verify",
-                &at.src_path,
-                &at.dst_path,
+                &at.src_path(),
+                &at.dst_path(),
                 io::Error::other("the copy's content differs from the source's"),
             ));
         }
-        self.rep
-            .verbose(|| format!("verified {} (blake3 {})", at.dst_path.display(), a.to_hex()));
+        self.rep.verbose(|| {
+            format!(
+                "verified {} (blake3 {})",
+                at.dst_path().display(),
+                a.to_hex()
+            )
+        });
         Ok(())
     }
 
@@ -1109,7 +1115,8 @@ impl Engine {
                         .and_then(|root| existing.strip_prefix(root).ok());
                     let shown = target.map(|t| t.as_os_str().as_bytes()).unwrap_or(b"");
                     let extra = target.map(|_| (" => ", shown));
-                    self.rep.itemize(Change::HardLink, st.mode, &at.rel, extra);
+                    self.rep
+                        .itemize(Change::HardLink, st.mode, &at.rel(), extra);
                     self.rep.done_hardlink();
                 } else {
                     self.rep.skipped(0);
@@ -1117,11 +1124,11 @@ impl Engine {
                 Ok(LinkStep::Done)
             }
             Claim::FirstFailed if crate::signal::received().is_some() => {
-                Err(EntryError::interrupted(&at.dst_path))
+                Err(EntryError::interrupted(&at.dst_path()))
             }
             Claim::FirstFailed => Err(EntryError::new(
                 "hard link",
-                &at.dst_path,
+                &at.dst_path(),
                 io::Error::other("the first name of this hard-linked file was not copied"),
             )),
         }
@@ -1145,8 +1152,8 @@ impl Engine {
             .dir
             .dst()
             .expect("a real run has its destination directory");
-        let temp = TempEntry::hard_link(dst, existing).ctx("link", &at.dst_path)?;
-        self.commit(temp, at.dst_name, at.dir, &at.dst_path)?;
+        let temp = TempEntry::hard_link(dst, existing).ctx("link", &at.dst_path())?;
+        self.commit(temp, at.dst_name, at.dir, &at.dst_path())?;
         Ok(true)
     }
 
@@ -1169,14 +1176,14 @@ impl Engine {
 
     fn copy_symlink(&self, at: &At, hint: Hint) -> EntryResult<()> {
         let dir = at.dir;
-        let st = sys::lstat_at(dir.src.as_fd(), at.src_name).ctx("stat", &at.src_path)?;
+        let st = sys::lstat_at(dir.src.as_fd(), at.src_name).ctx("stat", &at.src_path())?;
         let old = self.existing(at, hint)?;
         let mut first = match self.link_or_claim(&st, at, old.as_ref())? {
             LinkStep::Done => return Ok(()),
             LinkStep::Copy(first) => first,
         };
         let target =
-            sys::readlink_at(dir.src.as_fd(), at.src_name).ctx("read link", &at.src_path)?;
+            sys::readlink_at(dir.src.as_fd(), at.src_name).ctx("read link", &at.src_path())?;
         let read_old_target = std::cell::Cell::new(false);
         let same_target = || {
             // A symlink's size is its target's length: only equal sizes need a readlink.
@@ -1186,7 +1193,7 @@ impl Engine {
             let dst = dir
                 .dst()
                 .expect("an existing entry has a destination directory");
-            let current = sys::readlink_at(dst, at.dst_name).ctx("read link", &at.dst_path)?;
+            let current = sys::readlink_at(dst, at.dst_name).ctx("read link", &at.dst_path())?;
             read_old_target.set(true);
             Ok(current == target)
         };
@@ -1197,7 +1204,7 @@ impl Engine {
                     .dst()
                     .expect("an existing entry has a destination directory");
                 sys::lutimens_at(dst, at.dst_name, st.atime, st.mtime)
-                    .ctx("set times", &at.dst_path)?;
+                    .ctx("set times", &at.dst_path())?;
             }
             return Ok(());
         };
@@ -1205,7 +1212,7 @@ impl Engine {
         let shown = Some((" -> ", target.as_bytes()));
         if !self.opts.dry_run {
             let dst = dir.dst().expect("a real run has its destination directory");
-            let temp = TempEntry::symlink(dst, &target).ctx("create symlink", &at.dst_path)?;
+            let temp = TempEntry::symlink(dst, &target).ctx("create symlink", &at.dst_path())?;
             let applied = self
                 .meta
                 .apply_symlink(
@@ -1214,14 +1221,14 @@ impl Engine {
                     temp.name(),
                     &st,
                 )
-                .map_err(|e| meta_error(e, &at.dst_path))?;
-            self.note(applied, dir.dst_dev, &at.dst_path);
-            self.commit(temp, at.dst_name, dir, &at.dst_path)?;
+                .map_err(|e| meta_error(e, &at.dst_path()))?;
+            self.note(applied, dir.dst_dev, &at.dst_path());
+            self.commit(temp, at.dst_name, dir, &at.dst_path())?;
         }
         if let Some(first) = first {
-            first.committed(&at.dst_path);
+            first.committed(&at.dst_path());
         }
-        self.rep.itemize(change, st.mode, &at.rel, shown);
+        self.rep.itemize(change, st.mode, &at.rel(), shown);
         self.rep.done_symlink();
         Ok(())
     }
@@ -1229,7 +1236,7 @@ impl Engine {
     /// FIFOs, sockets and device nodes are recreated, never opened: a FIFO would block.
     fn copy_special(&self, at: &At, hint: Hint) -> EntryResult<()> {
         let dir = at.dir;
-        let st = sys::lstat_at(dir.src.as_fd(), at.src_name).ctx("stat", &at.src_path)?;
+        let st = sys::lstat_at(dir.src.as_fd(), at.src_name).ctx("stat", &at.src_path())?;
         let old = self.existing(at, hint)?;
         let mut first = match self.link_or_claim(&st, at, old.as_ref())? {
             LinkStep::Done => return Ok(()),
@@ -1241,7 +1248,7 @@ impl Engine {
         let change = self.written(&how, &st);
         if !self.opts.dry_run {
             let dst = dir.dst().expect("a real run has its destination directory");
-            let temp = TempEntry::node(dst, st.mode, st.rdev).ctx("mknod", &at.dst_path)?;
+            let temp = TempEntry::node(dst, st.mode, st.rdev).ctx("mknod", &at.dst_path())?;
             let applied = self
                 .meta
                 .apply_node(
@@ -1251,27 +1258,40 @@ impl Engine {
                     &st,
                     dir.passes_acls,
                 )
-                .map_err(|e| meta_error(e, &at.dst_path))?;
-            self.note(applied, dir.dst_dev, &at.dst_path);
-            self.commit(temp, at.dst_name, dir, &at.dst_path)?;
+                .map_err(|e| meta_error(e, &at.dst_path()))?;
+            self.note(applied, dir.dst_dev, &at.dst_path());
+            self.commit(temp, at.dst_name, dir, &at.dst_path())?;
         }
         if let Some(first) = first {
-            first.committed(&at.dst_path);
+            first.committed(&at.dst_path());
         }
-        self.rep.itemize(change, st.mode, &at.rel, None);
+        self.rep.itemize(change, st.mode, &at.rel(), None);
         self.rep.done_special();
         Ok(())
     }
 }
 
-/// One non-directory entry being copied: where it is on both sides.
+/// One non-directory entry being copied: where it is on both sides. Its paths are built
+/// only when needed (a message, an itemized line, a hard link's target): a rerun over a
+/// million up-to-date files needs none of them.
 struct At<'a, 'e> {
     dir: &'a DirPair<'e>,
     src_name: &'a CStr,
     dst_name: &'a CStr,
-    src_path: PathBuf,
-    dst_path: PathBuf,
-    rel: PathBuf,
+}
+
+impl At<'_, '_> {
+    fn src_path(&self) -> PathBuf {
+        self.dir.src_path(self.src_name)
+    }
+
+    fn dst_path(&self) -> PathBuf {
+        self.dir.dst_path(self.dst_name)
+    }
+
+    fn rel(&self) -> PathBuf {
+        self.dir.rel(self.dst_name)
+    }
 }
 
 /// What to do with a name that may share its inode with others.

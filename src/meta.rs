@@ -159,6 +159,35 @@ impl Preserver {
         dst_st: &Stat,
         window_ns: u64,
     ) -> Result<MetaDiff, MetaError> {
+        self.diff_with(src, st, dst, dst_st, window_ns)
+    }
+
+    /// As `diff`, for an entry found up to date on a rerun: xattrs and ACLs are compared only
+    /// if `must_read_xattrs` says they can differ, so that the usual rerun costs no xattr call
+    /// at all (two `lstat`s per file).
+    pub fn diff_rerun(
+        &self,
+        src: Node<'_>,
+        st: &Stat,
+        dst: Node<'_>,
+        dst_st: &Stat,
+        window_ns: u64,
+        thorough: bool,
+    ) -> Result<MetaDiff, MetaError> {
+        if crate::delta::must_read_xattrs(st, dst_st, thorough) {
+            return self.diff(src, st, dst, dst_st, window_ns);
+        }
+        Ok(self.expect().diff(st, dst_st, window_ns))
+    }
+
+    fn diff_with(
+        &self,
+        src: Node<'_>,
+        st: &Stat,
+        dst: Node<'_>,
+        dst_st: &Stat,
+        window_ns: u64,
+    ) -> Result<MetaDiff, MetaError> {
         let mut diff = self.expect().diff(st, dst_st, window_ns);
         if self.xattrs {
             let (acls, others) = self.xattr_diff(src, dst)?;

@@ -26,6 +26,9 @@ pub struct Stat {
     pub blocks: u64,
     pub atime: (i64, i64),
     pub mtime: (i64, i64),
+    /// The last change of the inode's data or metadata (chmod, chown, xattrs), set by the
+    /// kernel and by nobody else.
+    pub ctime: (i64, i64),
 }
 
 impl Stat {
@@ -42,6 +45,7 @@ impl Stat {
             blocks: st.st_blocks as u64,
             atime: (st.st_atime, st.st_atime_nsec),
             mtime: (st.st_mtime, st.st_mtime_nsec),
+            ctime: (st.st_ctime, st.st_ctime_nsec),
         }
     }
 

@@ -731,3 +731,49 @@ fn one_file_system_creates_mount_points_empty() {
     treecopy(args![&src, &all]).assert_code(0);
     assert!(paths(&all).contains("sub/mnt/inner/deep.txt"));
 }
+
+/// An xattr added to, changed on or removed from a source file (its mtime untouched) is
+/// carried to the copy by the next run, in place; `-c` also repairs an xattr changed on the
+/// copy alone.
+#[test]
+fn xattr_changes_reach_the_copy_in_place() {
+    use crate::util::{set_xattr, xattrs};
+    let (_tmp, src, dst) = src_dst();
+    small_tree(&src);
+    set_xattr(&src.join("a/one.txt"), b"user.keep", b"1").unwrap();
+    set_xattr(&src.join("a/two.txt"), b"user.gone", b"x").unwrap();
+    treecopy(args![&src, &dst]).assert_code(0);
+    let before = inodes(&dst);
+    set_xattr(&src.join("top.txt"), b"user.new", b"n").unwrap();
+    set_xattr(&src.join("a/one.txt"), b"user.keep", b"2").unwrap();
+    xattr_remove(&src.join("a/two.txt"), "user.gone");
+
+    let run = treecopy(args!["-i", &src, &dst]);
+    run.assert_code(0);
+    let want = ".f........x top.txt|.f........x a/one.txt|.f........x a/two.txt";
+    assert_eq!(itemized(&run), set_of(want));
+    assert_eq!(inodes(&dst), before, "xattrs are fixed in place");
+    for rel in ["top.txt", "a/one.txt", "a/two.txt"] {
+        assert_eq!(
+            xattrs(&src.join(rel)).unwrap(),
+            xattrs(&dst.join(rel)).unwrap(),
+            "{rel}"
+        );
+    }
+    // An xattr changed on the copy alone is found by --checksum.
+    set_xattr(&dst.join("c/five.txt"), b"user.stray", b"s").unwrap();
+    let run = treecopy(args!["-c", "-i", &src, &dst]);
+    run.assert_code(0);
+    assert!(xattrs(&dst.join("c/five.txt")).unwrap().is_empty());
+    compare_trees(&src, &dst);
+}
+
+fn xattr_remove(path: &Path, name: &str) {
+    let out = Command::new("setfattr")
+        .arg("-x")
+        .arg(name)
+        .arg(path)
+        .output()
+        .expect("setfattr runs");
+    assert!(out.status.success(), "setfattr -x {name}: {out:?}");
+}
