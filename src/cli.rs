@@ -1,7 +1,7 @@
 //! The command line: the clap definition and its conversion into a Config. The only file that
 //! knows clap.
 
-use crate::config::{Config, DEFAULT_JOBS, ProgressMode, Reflink};
+use crate::config::{Config, ProgressMode, Reflink};
 use crate::delta::Policy;
 use crate::filter::{Effect, RuleSpec, read_rules_file};
 use anyhow::{Context, bail};
@@ -57,10 +57,11 @@ pub struct Cli {
     /// Destination directory (or file, when SRC is a file)
     pub dst: PathBuf,
 
-    /// Number of concurrent copy workers
-    #[arg(short = 'j', long, value_name = "N", default_value_t = DEFAULT_JOBS,
+    /// Number of concurrent copy workers [default: 16 when SRC or DST is on a network or
+    /// FUSE filesystem, else the number of CPUs]
+    #[arg(short = 'j', long, value_name = "N",
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
-    pub jobs: usize,
+    pub jobs: Option<usize>,
 
     /// Print one line per action: temp file, bytes and method, rename, fallback decisions
     #[arg(short, long)]
@@ -337,7 +338,8 @@ mod tests {
             parse(&["treecopy", "-q", "--progress", "a", "b"]).progress,
             ProgressMode::Off
         );
-        assert_eq!(parse(&["treecopy", "-j", "3", "a", "b"]).jobs, 3);
+        assert_eq!(parse(&["treecopy", "-j", "3", "a", "b"]).jobs, Some(3));
+        assert_eq!(parse(&["treecopy", "a", "b"]).jobs, None);
         assert!(Cli::try_parse_from(["treecopy", "-j", "0", "a", "b"]).is_err());
         assert!(Cli::try_parse_from(["treecopy", "-q", "-v", "a", "b"]).is_err());
         assert_eq!(parse(&["treecopy", "a", "b"]).reflink, Reflink::Auto);

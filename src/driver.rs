@@ -55,6 +55,8 @@ struct DirPair<'e> {
     /// The destination is a local filesystem: files are created one at a time (see
     /// `Engine::create_lock`).
     local_dst: bool,
+    /// The source directory is on a network or FUSE filesystem.
+    remote_src: bool,
     /// With -x: a directory on another filesystem than SRC's; created, not entered.
     boundary: bool,
     /// Keeps the parent open, and its metadata pending, until this subtree is done.
@@ -333,6 +335,7 @@ impl Engine {
         if !dst_exists {
             self.created_dir(&src_stat, Path::new(""));
         }
+        let remote_src = sys::is_remote_fs(src_fd.as_fd());
         let root = Arc::new(DirPair {
             src: src_fd,
             src_path: src.to_path_buf(),
@@ -346,6 +349,7 @@ impl Engine {
             passes_acls,
             inherited_acls: !dst_exists && passes_acls,
             local_dst,
+            remote_src,
             boundary: false,
             parent: None,
             engine: self,
@@ -376,6 +380,7 @@ impl Engine {
             .dev;
         let passes_acls = self.meta.passes_acls_on(dst_fd.as_fd());
         let local_dst = !sys::is_remote_fs(dst_fd.as_fd());
+        let remote_src = sys::is_remote_fs(src_fd.as_fd());
         let pair = DirPair {
             src: src_fd,
             src_path: src_dir.to_path_buf(),
@@ -389,6 +394,7 @@ impl Engine {
             passes_acls,
             inherited_acls: false,
             local_dst,
+            remote_src,
             boundary: false,
             parent: None,
             engine: self,
@@ -762,6 +768,12 @@ impl Engine {
         if !existed && !self.opts.count_deletions_only {
             self.created_dir(&src_stat, &rel);
         }
+        // A source directory on another device may be another filesystem's mount point.
+        let remote_src = if parent.meta.is_some_and(|m| m.dev == src_stat.dev) {
+            parent.remote_src
+        } else {
+            sys::is_remote_fs(src.as_fd())
+        };
         Ok(DirPair {
             src,
             src_path,
@@ -775,6 +787,7 @@ impl Engine {
             passes_acls,
             inherited_acls: !existed && parent.passes_acls,
             local_dst,
+            remote_src,
             boundary,
             parent: Some(Arc::clone(parent)),
             engine: self,
@@ -1038,9 +1051,14 @@ impl Engine {
             src_path,
             dst_path,
             reflink: self.opts.reflink,
-            // A hard-linked file's other names wait for this copy: a worker must not pick
-            // them up while it waits for this file's chunks.
-            parallel: st.nlink < 2 || !self.opts.hard_links,
+            // Chunks in parallel pay where each stream is latency-bound (NFS, FUSE); on a
+            // local disk one file's writers take turns on its inode lock. A hard-linked
+            // file's other names wait for this copy: a worker must not pick them up while it
+            // waits for this file's chunks.
+            parallel: (dir.remote_src || !dir.local_dst) && (st.nlink < 2 || !self.opts.hard_links),
+            src_remote: dir.remote_src,
+            dst_remote: !dir.local_dst,
+            chunk_workers: rayon::current_num_threads(),
         };
         let (bytes, method) = copy::copy(&self.cache, &job, &self.rep)?;
         self.rep.verbose(|| {

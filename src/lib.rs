@@ -73,8 +73,13 @@ pub fn run(cfg: &Config) -> anyhow::Result<Summary> {
             dst.display()
         );
     }
+    let jobs = cfg.jobs.unwrap_or_else(|| {
+        config::default_jobs(
+            sys::is_remote_path(&operands.src_real) || sys::is_remote_path(&operands.dst_real),
+        )
+    });
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(cfg.jobs)
+        .num_threads(jobs)
         .thread_name(|i| format!("treecopy-{i}"))
         .build()?;
 

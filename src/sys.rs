@@ -652,3 +652,36 @@ pub fn copy_file_range_at(
     let mut off_out = dst_offset as i64;
     nix::fcntl::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), len)
 }
+
+/// A new open file description of the file open at `fd` (through /proc/self/fd, so no name
+/// is looked up again): its own offset, and on NFS-like mounts its own stream. With `direct`,
+/// O_DIRECT: on NFS each read or write is then one RPC of the caller's size, bypassing the
+/// client's readahead and page cache, and direct writes to one file may run in parallel.
+/// None where that fails; the caller then shares `fd`.
+pub fn reopen(fd: BorrowedFd<'_>, write: bool, direct: bool) -> Option<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let access = if write {
+        OFlag::O_WRONLY
+    } else {
+        OFlag::O_RDONLY
+    };
+    let mut flags = access | OFlag::O_CLOEXEC | OFlag::O_NOATIME;
+    if direct {
+        flags |= OFlag::O_DIRECT;
+    }
+    nix::fcntl::open(path.as_str(), flags, Mode::empty())
+        .or_else(|_| nix::fcntl::open(path.as_str(), flags - OFlag::O_NOATIME, Mode::empty()))
+        .ok()
+}
+
+/// Whether `path`, or its nearest existing ancestor, is on a network or FUSE filesystem.
+pub fn is_remote_path(path: &Path) -> bool {
+    path.ancestors()
+        .find_map(|p| {
+            open_dir_path(p)
+                .ok()
+                .or_else(|| open_read(at_cwd(), p.as_os_str()).ok())
+        })
+        .is_some_and(|fd| is_remote_fs(std::os::fd::AsFd::as_fd(&fd)))
+}

@@ -847,6 +847,7 @@ impl Filesystem for LatencyFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _in_flight = self.stats.io_started(false);
         self.begin(Op::Read);
         match self.do_read(fh, offset, size) {
             Ok(buf) => reply.data(&buf),
@@ -866,6 +867,7 @@ impl Filesystem for LatencyFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _in_flight = self.stats.io_started(true);
         self.begin(Op::Write);
         match self.do_write(fh, offset, data) {
             Ok(n) => reply.written(n),

@@ -134,11 +134,29 @@ pub struct Stats {
     pub faults_injected: AtomicU64,
     /// Gauge: inode table size after the latest change.
     pub nodes_tracked: AtomicU64,
+    /// READ and WRITE requests being served right now, and the most there ever were at once:
+    /// a single stream shows 1, a client reading or writing in parallel more.
+    pub reads_in_flight: AtomicU64,
+    pub max_reads_in_flight: AtomicU64,
+    pub writes_in_flight: AtomicU64,
+    pub max_writes_in_flight: AtomicU64,
 }
 
 impl Stats {
     pub fn count(&self, op: Op) {
         self.counts[op.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Marks a READ (or, with `write`, a WRITE) as started; the guard marks it done.
+    pub fn io_started(&self, write: bool) -> InFlight<'_> {
+        let (now, max) = if write {
+            (&self.writes_in_flight, &self.max_writes_in_flight)
+        } else {
+            (&self.reads_in_flight, &self.max_reads_in_flight)
+        };
+        let current = now.fetch_add(1, Ordering::SeqCst) + 1;
+        max.fetch_max(current, Ordering::SeqCst);
+        InFlight(now)
     }
 
     /// `name=value` lines: ops that were seen, then byte totals. Easy to grep or parse.
@@ -156,10 +174,21 @@ impl Stats {
             ("bytes_copied", &self.bytes_copied),
             ("faults_injected", &self.faults_injected),
             ("nodes_tracked", &self.nodes_tracked),
+            ("max_reads_in_flight", &self.max_reads_in_flight),
+            ("max_writes_in_flight", &self.max_writes_in_flight),
         ] {
             let _ = writeln!(out, "{name}={}", v.load(Ordering::Relaxed));
         }
         out
+    }
+}
+
+/// A READ or WRITE in progress; dropping it ends it.
+pub struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -175,5 +204,11 @@ mod tests {
         let s = Stats::default();
         s.count(Op::CopyFileRange);
         assert!(s.render().contains("copy_file_range=1\n"));
+        let (a, b) = (s.io_started(false), s.io_started(false));
+        drop((a, b));
+        let _c = s.io_started(true);
+        let text = s.render();
+        assert!(text.contains("max_reads_in_flight=2\n"), "{text}");
+        assert!(text.contains("max_writes_in_flight=1\n"), "{text}");
     }
 }

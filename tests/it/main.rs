@@ -11,4 +11,5 @@ mod errors;
 mod exact;
 mod hostile;
 mod mirror;
+mod nfs;
 mod signals;

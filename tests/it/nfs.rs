@@ -1,0 +1,239 @@
+//! treecopy on NFS-like mounts: latencyfs (this workspace's FUSE passthrough that delays
+//! every request like a LAN round trip) serves each side. Checks that large files move as
+//! parallel chunks, that server-side copy and its refusal both give exact copies, and that
+//! injected server faults are reported without leaving anything half-written.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::util::{
+    assert_no_temp_files, bin, compare_trees, first_difference, gen_tree, is_root, tempdir,
+    treecopy, write_random_file,
+};
+use crate::{args, skip_unless};
+
+/// latencyfs is built beside treecopy by `cargo test --workspace`.
+fn latencyfs_bin() -> Result<PathBuf, String> {
+    let path = Path::new(bin()).with_file_name("latencyfs");
+    if !is_root() {
+        return Err("mounting FUSE with allow_other needs root".into());
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err("no /dev/fuse".into());
+    }
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} is not built (run cargo test --workspace)",
+            path.display()
+        ))
+    }
+}
+
+/// A latencyfs mount of `back` on `mnt`; unmounts (lazily if busy) and reaps the daemon on
+/// drop, so a failing test leaves no mount behind.
+struct LatencyMount {
+    mnt: PathBuf,
+    back: PathBuf,
+    stats: PathBuf,
+    unmounted: bool,
+}
+
+impl LatencyMount {
+    fn start(base: &Path, name: &str, flags: &[&str]) -> Result<LatencyMount, String> {
+        let exe = latencyfs_bin()?;
+        let (back, mnt) = (base.join(format!("{name}-back")), base.join(name));
+        let stats = base.join(format!("{name}.stats"));
+        fs::create_dir_all(&back).map_err(|e| e.to_string())?;
+        fs::create_dir_all(&mnt).map_err(|e| e.to_string())?;
+        // Without --foreground latencyfs returns once the mount is usable.
+        let out = Command::new(exe)
+            .arg(&back)
+            .arg(&mnt)
+            .arg("--stats-file")
+            .arg(&stats)
+            .args(flags)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "latencyfs failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(LatencyMount {
+            mnt,
+            back,
+            stats,
+            unmounted: false,
+        })
+    }
+
+    /// Unmounts and returns the daemon's request counters.
+    fn finish(mut self) -> HashMap<String, u64> {
+        self.unmount();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(text) = fs::read_to_string(&self.stats)
+                && !text.is_empty()
+            {
+                return text
+                    .lines()
+                    .filter_map(|l| l.split_once('='))
+                    .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+                    .collect();
+            }
+            assert!(Instant::now() < deadline, "latencyfs wrote no stats");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn unmount(&mut self) {
+        if std::mem::replace(&mut self.unmounted, true) {
+            return;
+        }
+        let ok = Command::new("umount").arg(&self.mnt).status();
+        if !ok.is_ok_and(|s| s.success()) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+    }
+}
+
+impl Drop for LatencyMount {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
+/// The methods named by -v's "copied ... by METHOD" lines.
+fn methods(stderr: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("treecopy: copied "))
+        .filter_map(|l| l.rsplit_once(" by ").map(|(_, m)| m.to_string()))
+        .collect()
+}
+
+/// A file large enough to be copied in chunks, between two NFS-like mounts: the source
+/// server sees several READ streams at once, the copy is exact, and the data went by
+/// read/write with large buffers (the kernel's cross-mount copy_file_range moves 64 KiB per
+/// round trip).
+#[test]
+fn large_file_between_two_mounts_moves_as_parallel_chunks() {
+    let tmp = tempdir();
+    // The source server's OPENs and the most READs it served at once, for a copy with these
+    // flags.
+    let source_streams = |name: &str, flags: &[&str]| -> Option<(u64, u64)> {
+        let base = tmp.path().join(name);
+        let a = LatencyMount::start(&base, "a", &["--latency-us", "200"]).ok()?;
+        let b = LatencyMount::start(&base, "b", &["--latency-us", "200"]).ok()?;
+        write_random_file(&a.back.join("field.grib"), 160 << 20, 0x5eed);
+        let mut argv = args!["-v"];
+        argv.extend(flags.iter().map(std::ffi::OsString::from));
+        argv.extend(args![&a.mnt.join("field.grib"), &b.mnt]);
+        let run = treecopy(argv);
+        run.assert_code(0);
+        assert_eq!(methods(&run.stderr), ["read/write"], "{}", run.stderr);
+        assert_eq!(
+            first_difference(&a.back.join("field.grib"), &b.back.join("field.grib")).unwrap(),
+            None,
+            "{flags:?}: the copy differs"
+        );
+        assert_no_temp_files(&b.back);
+        drop(b);
+        let stats = a.finish();
+        Some((stats["open"], stats["max_reads_in_flight"]))
+    };
+    skip_unless!(latencyfs_bin());
+    let (opens_one, peak_one) = source_streams("one", &["-j1"]).expect("latencyfs mounts");
+    let (opens_many, peak_many) = source_streams("many", &["-j8"]).expect("latencyfs mounts");
+    // 160 MiB: a first chunk of 16 MiB, then 9 chunks taken by min(workers, 9) runners, each
+    // reading through an open file of its own.
+    assert_eq!(opens_one, 2, "-j1: the copy's open and one runner's");
+    assert_eq!(opens_many, 9, "-j8: the copy's open and eight runners'");
+    assert!(
+        peak_many >= peak_one,
+        "eight runners had at most {peak_many} READs in flight, one had {peak_one}"
+    );
+}
+
+/// Within one mount the server copies (NFSv4.2 COPY); with server-side copy refused the
+/// data flows through the client. Both give an exact tree.
+#[test]
+fn tree_within_one_mount_with_and_without_server_side_copy() {
+    let tmp = tempdir();
+    for (name, flags) in [
+        ("ssc", &["--latency-us", "100"][..]),
+        (
+            "nossc",
+            &["--latency-us", "100", "--no-copy-file-range"][..],
+        ),
+    ] {
+        let m = skip_unless!(LatencyMount::start(tmp.path(), name, flags));
+        gen_tree(&m.back.join("src"), 0xAB);
+        write_random_file(&m.back.join("src/big.bin"), 80 << 20, 7);
+        let run = treecopy(args!["-v", &m.mnt.join("src"), &m.mnt.join("dst")]);
+        run.assert_code(0);
+        compare_trees(&m.back.join("src"), &m.back.join("dst"));
+        assert_no_temp_files(&m.back.join("dst"));
+        let stats = m.finish();
+        let copied = stats.get("bytes_copied").copied().unwrap_or(0);
+        if name == "ssc" {
+            assert!(
+                copied >= 80 << 20,
+                "{name}: the server copied {copied} bytes: no server-side copy"
+            );
+        } else {
+            assert_eq!(copied, 0, "{name}: the server copied despite refusing");
+        }
+    }
+}
+
+/// A server that runs out of space for a file (ENOSPC after some bytes): the failing file
+/// is reported by path with the OS error, nothing appears under its final name, no temp
+/// file is left, and the rest of the tree is copied.
+#[test]
+fn server_faults_fail_the_file_and_leave_nothing_half_written() {
+    let tmp = tempdir();
+    let src_m = skip_unless!(LatencyMount::start(
+        tmp.path(),
+        "src",
+        &["--latency-us", "50"]
+    ));
+    // Every open file that has received 2.5 MB fails its next write with ENOSPC, as a full
+    // server would; files below that size go through.
+    let flags = ["--latency-us", "50", "--fail-enospc-after", "2500000"];
+    let dst_m = skip_unless!(LatencyMount::start(tmp.path(), "dst", &flags));
+    let tree = src_m.back.join("tree");
+    fs::create_dir_all(tree.join("sub")).unwrap();
+    write_random_file(&tree.join("sub/doomed.bin"), 3 << 20, 1);
+    write_random_file(&tree.join("ok.bin"), 2 << 20, 2);
+    write_random_file(&tree.join("sub/ok2.bin"), 1 << 20, 3);
+    let run = treecopy(args![&src_m.mnt.join("tree"), &dst_m.mnt.join("copy")]);
+    run.assert_code(1);
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("treecopy: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", run.stderr);
+    assert!(
+        errors[0].contains("doomed.bin") && errors[0].contains("No space left on device"),
+        "{}",
+        errors[0]
+    );
+    let copy = dst_m.back.join("copy");
+    assert!(!copy.join("sub/doomed.bin").exists());
+    for rel in ["ok.bin", "sub/ok2.bin"] {
+        assert_eq!(
+            first_difference(&tree.join(rel), &copy.join(rel)).unwrap(),
+            None,
+            "{rel}"
+        );
+    }
+    assert_no_temp_files(&copy);
+}
