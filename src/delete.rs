@@ -2,7 +2,7 @@
 //! depth first, through directory handles, never following a symlink and never entering
 //! another filesystem mounted inside the destination. Iterative, so depth costs no stack.
 
-use crate::error::{Context, EntryError, EntryResult};
+use crate::error::{Context, EntryError};
 use crate::sys::{self, Kind};
 use std::ffi::{CStr, CString, OsStr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -167,22 +167,6 @@ impl Removal<'_> {
             sys::rmdir_at(parent, &frame.name).ctx("delete", &frame.path)?;
         }
         Ok(())
-    }
-}
-
-/// Removes a tree and reports the outcome as one entry error at most (used where the removal
-/// must finish before a replacement can be written).
-pub fn remove_for_replacement(
-    removal: &Removal<'_>,
-    parent: BorrowedFd<'_>,
-    name: &CStr,
-    rel: &Path,
-    path: &Path,
-) -> EntryResult<bool> {
-    match removal.remove(parent, name, rel, path) {
-        Ok(()) => Ok(true),
-        Err(Stop::Budget) => Ok(false),
-        Err(Stop::Failed(e)) => Err(e),
     }
 }
 

@@ -306,22 +306,10 @@ impl Engine {
                     .roots
                     .set(((src_stat.dev, src_stat.ino), (dst_stat.dev, dst_stat.ino)));
                 let pre_diff = if dst_exists {
-                    self.meta
-                        .diff(
-                            Node::Fd(src_fd.as_fd()),
-                            &src_stat,
-                            Node::Fd(fd.as_fd()),
-                            &dst_stat,
-                            self.opts.policy.modify_window_ns,
-                        )
-                        .map_err(|e| meta_error(e, dst))?
+                    self.reach_existing_dir(&src_fd, &src_stat, fd, &dst_stat, dst)?
                 } else {
                     MetaDiff::default()
                 };
-                if !dry_run {
-                    self.make_writable(fd, &dst_stat)
-                        .with_context(|| format!("chmod {}", dst.display()))?;
-                }
                 (
                     dst_stat.dev,
                     pre_diff,
@@ -407,6 +395,33 @@ impl Engine {
             self.copy_entry(&pair, &src_name, &dst_name, Kind::File, Hint::Look);
         });
         Ok(())
+    }
+
+    /// An existing destination directory as the run reaches it: how its metadata differs from
+    /// its source's (for --itemize, before our renames inside change its mtime), and, in a
+    /// real run, opened up for writing if it must be.
+    fn reach_existing_dir(
+        &self,
+        src: &OwnedFd,
+        src_stat: &Stat,
+        dst: &OwnedFd,
+        dst_stat: &Stat,
+        dst_path: &Path,
+    ) -> EntryResult<MetaDiff> {
+        let diff = self
+            .meta
+            .diff(
+                Node::Fd(src.as_fd()),
+                src_stat,
+                Node::Fd(dst.as_fd()),
+                dst_stat,
+                self.opts.policy.modify_window_ns,
+            )
+            .map_err(|e| meta_error(e, dst_path))?;
+        if !self.opts.dry_run {
+            self.make_writable(dst, dst_stat).ctx("chmod", dst_path)?;
+        }
+        Ok(diff)
     }
 
     /// As non-root, an existing destination directory without owner write and search
@@ -747,19 +762,7 @@ impl Engine {
                         ),
                     ));
                 }
-                pre_diff = self
-                    .meta
-                    .diff(
-                        Node::Fd(src.as_fd()),
-                        &src_stat,
-                        Node::Fd(fd.as_fd()),
-                        &st,
-                        self.opts.policy.modify_window_ns,
-                    )
-                    .map_err(|e| meta_error(e, &dst_path))?;
-                if !dry_run {
-                    self.make_writable(fd, &st).ctx("chmod", &dst_path)?;
-                }
+                pre_diff = self.reach_existing_dir(&src, &src_stat, fd, &st, &dst_path)?;
                 dst_dev = st.dev;
                 local_dst = !sys::is_remote_fs(fd.as_fd());
             }
@@ -1010,7 +1013,7 @@ impl Engine {
             .dst()
             .expect("an existing entry has a destination directory");
         let src = sys::open_source(at.dir.src.as_fd(), at.src_name).ctx("open", &at.src_path())?;
-        let old = sys::open_read(dst, at.dst_name).ctx("open", &at.dst_path())?;
+        let old = sys::open_source(dst, at.dst_name).ctx("open", &at.dst_path())?;
         let (a, _) =
             crate::hash::hash_fd(src.as_fd()).map_err(|e| self.hash_error(&at.src_path(), e))?;
         let (b, _) =
@@ -1091,7 +1094,7 @@ impl Engine {
             sys::drop_cache(written);
         }
         let back =
-            sys::open_read(temp.dir(), temp.name()).ctx("open for verify", &at.dst_path())?;
+            sys::open_source(temp.dir(), temp.name()).ctx("open for verify", &at.dst_path())?;
         let (a, _) =
             crate::hash::hash_fd(src.as_fd()).map_err(|e| self.hash_error(&at.src_path(), e))?;
         let (b, _) =

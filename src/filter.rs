@@ -5,8 +5,6 @@
 
 use anyhow::{Context, Result, bail};
 use globset::{GlobBuilder, GlobMatcher};
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 /// Whether a rule keeps or drops what it matches.
@@ -122,11 +120,6 @@ pub fn parse_rules(text: &str) -> Vec<RuleSpec> {
             }
         })
         .collect()
-}
-
-/// A relative path for matching from a name's bytes; names are not required to be UTF-8.
-pub fn join_rel(parent: &Path, name: &[u8]) -> std::path::PathBuf {
-    parent.join(OsStr::from_bytes(name))
 }
 
 #[cfg(test)]

@@ -258,19 +258,30 @@ impl Preserver {
             }
         }
         for (name, value) in want.iter().filter(|pair| !have.contains(pair)) {
-            match dst.set_xattr(name, value) {
-                Ok(()) => {}
-                Err(e) if errno_is(&e, &[libc::EOPNOTSUPP]) => {
-                    // The filesystem may refuse one namespace (ACLs on a noacl mount) and take
-                    // the others: go on with the rest.
-                    applied.xattrs_unsupported = true;
-                    continue;
-                }
-                Err(e) if !self.root && errno_is(&e, &[libc::EPERM, libc::EACCES]) => {}
-                Err(e) => return step("set xattr on", Err(e)),
-            }
+            self.set_one_xattr(dst, name, value, &mut applied)?;
         }
         Ok(applied)
+    }
+
+    /// Sets one xattr on `dst`. A filesystem that refuses the attribute's namespace (ACLs on a
+    /// noacl mount) is noted in `applied`, not failed, and may still take the others; an
+    /// attribute an unprivileged user may not write (trusted.*) is skipped, as cp -a does.
+    fn set_one_xattr(
+        &self,
+        dst: Node<'_>,
+        name: &OsStr,
+        value: &[u8],
+        applied: &mut Applied,
+    ) -> Result<(), MetaError> {
+        match dst.set_xattr(name, value) {
+            Ok(()) => Ok(()),
+            Err(e) if errno_is(&e, &[libc::EOPNOTSUPP]) => {
+                applied.xattrs_unsupported = true;
+                Ok(())
+            }
+            Err(e) if !self.root && errno_is(&e, &[libc::EPERM, libc::EACCES]) => Ok(()),
+            Err(e) => step("set xattr on", Err(e)),
+        }
     }
 
     /// Fixes, in place, the metadata of an existing destination entry whose data is up to
@@ -433,22 +444,7 @@ impl Preserver {
                     });
                 }
             };
-            match dst.set_xattr(&attr, &value) {
-                Ok(()) => {}
-                Err(e) if errno_is(&e, &[libc::EOPNOTSUPP]) => {
-                    // The filesystem may refuse one namespace (ACLs on a noacl mount) and take
-                    // the others: go on with the rest.
-                    applied.xattrs_unsupported = true;
-                    continue;
-                }
-                Err(e) if privileged(&e) => {}
-                Err(e) => {
-                    return Err(MetaError {
-                        op: "set xattr on",
-                        source: e,
-                    });
-                }
-            }
+            self.set_one_xattr(dst, &attr, &value, &mut applied)?;
         }
         Ok(applied)
     }

@@ -26,8 +26,6 @@ pub struct Counters {
     /// Bytes of the files committed under their final names: what the summary reports.
     pub committed_bytes: AtomicU64,
     pub failed: AtomicU64,
-    /// Entries written anew (created or replaced, data or link), directories created included.
-    pub copied: AtomicU64,
     /// Entries whose metadata only was fixed in place.
     pub updated: AtomicU64,
     /// Entries already up to date, or left alone by --ignore-existing / --update.
@@ -206,7 +204,6 @@ impl Reporter {
 
     pub fn done_file(&self, bytes: u64) {
         Counters::add(&self.counters.files, 1);
-        Counters::add(&self.counters.copied, 1);
         Counters::add(&self.counters.committed_bytes, bytes);
     }
 
@@ -216,23 +213,19 @@ impl Reporter {
     }
 
     pub fn created_dir(&self) {
-        Counters::add(&self.counters.copied, 1);
         Counters::add(&self.counters.dirs_created, 1);
     }
 
     pub fn done_symlink(&self) {
         Counters::add(&self.counters.symlinks, 1);
-        Counters::add(&self.counters.copied, 1);
     }
 
     pub fn done_hardlink(&self) {
         Counters::add(&self.counters.hardlinks, 1);
-        Counters::add(&self.counters.copied, 1);
     }
 
     pub fn done_special(&self) {
         Counters::add(&self.counters.specials, 1);
-        Counters::add(&self.counters.copied, 1);
     }
 
     /// An entry found up to date (`bytes`: its size, for regular files), or kept by policy.

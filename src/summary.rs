@@ -58,7 +58,17 @@ impl Summary {
             hardlinks: get(&c.hardlinks),
             bytes: get(&c.committed_bytes),
             failed: get(&c.failed),
-            copied: get(&c.copied),
+            // Everything written anew, whatever its type.
+            copied: [
+                &c.files,
+                &c.symlinks,
+                &c.specials,
+                &c.hardlinks,
+                &c.dirs_created,
+            ]
+            .iter()
+            .map(|n| get(n))
+            .sum(),
             dirs_created: get(&c.dirs_created),
             updated: get(&c.updated),
             skipped: get(&c.skipped),

@@ -499,13 +499,6 @@ pub fn open_or_create_rw(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Res
     )?)
 }
 
-/// Opens an existing regular file for reading (leaving its access time alone where allowed),
-/// never through a symlink, never blocking on a FIFO.
-pub fn open_read<P: nix::NixPath + ?Sized>(dir: BorrowedFd<'_>, name: &P) -> io::Result<OwnedFd> {
-    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
-    open_noatime(dir, name, flags)
-}
-
 pub fn fsync(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(nix::unistd::fsync(fd)?)
 }
@@ -681,7 +674,7 @@ pub fn is_remote_path(path: &Path) -> bool {
         .find_map(|p| {
             open_dir_path(p)
                 .ok()
-                .or_else(|| open_read(at_cwd(), p.as_os_str()).ok())
+                .or_else(|| open_source(at_cwd(), p.as_os_str()).ok())
         })
         .is_some_and(|fd| is_remote_fs(std::os::fd::AsFd::as_fd(&fd)))
 }
