@@ -25,8 +25,12 @@ fn main() -> ExitCode {
             if !cfg.quiet {
                 let _ = writeln!(std::io::stderr(), "treecopy: {}", summary.line());
             }
-            emit_report(&cfg, &Ending::Ran(&summary), started);
-            summary.exit_code()
+            let written = emit_report(&cfg, &Ending::Ran(&summary), started);
+            // A cron wrapper that reads the report must not take a missing one for success.
+            match summary.exit_code() {
+                0 if !written => 1,
+                code => code,
+            }
         }
         Err(err) => {
             let _ = writeln!(std::io::stderr(), "treecopy: error: {err:#}");
@@ -42,10 +46,10 @@ fn main() -> ExitCode {
 }
 
 /// --json on stdout, --report to a file (written whole under a temp name, then renamed, so a
-/// reader never sees half a report).
-fn emit_report(cfg: &Config, ending: &Ending<'_>, started: f64) {
+/// reader never sees half a report). Returns false if the report file could not be written.
+fn emit_report(cfg: &Config, ending: &Ending<'_>, started: f64) -> bool {
     if !cfg.json && cfg.report.is_none() {
-        return;
+        return true;
     }
     let doc = summary::report(&cfg.src, &cfg.dst, ending, started);
     if cfg.json {
@@ -68,6 +72,8 @@ fn emit_report(cfg: &Config, ending: &Ending<'_>, started: f64) {
                 "treecopy: error: write report {}: {e}",
                 path.display()
             );
+            return false;
         }
     }
+    true
 }

@@ -777,3 +777,28 @@ fn xattr_remove(path: &Path, name: &str) {
         .expect("setfattr runs");
     assert!(out.status.success(), "setfattr -x {name}: {out:?}");
 }
+
+/// A report that cannot be written fails the run (a cron wrapper reading it must not take
+/// its absence for success) and names the path; a written one is complete JSON.
+#[test]
+fn report_file_is_written_whole_or_the_run_fails() {
+    let (tmp, src, dst) = src_dst();
+    small_tree(&src);
+    let missing_dir = tmp.path().join("no-such-dir/report.json");
+    let run = treecopy(args!["--report", &missing_dir, &src, &dst]);
+    run.assert_code(1);
+    assert!(
+        run.stderr.contains("write report") && run.stderr.contains("no-such-dir/report.json"),
+        "{}",
+        run.stderr
+    );
+    let report = tmp.path().join("report.json");
+    treecopy(args!["--report", &report, &src, &dst]).assert_code(0);
+    let text = fs::read_to_string(&report).unwrap();
+    assert!(
+        text.trim_start().starts_with('{') && text.trim_end().ends_with('}'),
+        "{text}"
+    );
+    assert!(text.contains("\"schema\": \"treecopy-report/1\""), "{text}");
+    assert!(text.contains("\"outcome\": \"ok\""), "{text}");
+}
