@@ -52,6 +52,9 @@ struct DirPair<'e> {
     passes_acls: bool,
     /// This destination directory was created in one that passes ACLs on.
     inherited_acls: bool,
+    /// The owner and group a directory this run created got, so that a chown that would
+    /// change nothing is not made.
+    created_owner: Option<(u32, u32)>,
     /// The destination is a local filesystem: files are created one at a time (see
     /// `Engine::create_lock`).
     local_dst: bool,
@@ -106,7 +109,13 @@ impl DirPair<'_> {
                 } else {
                     engine
                         .meta
-                        .apply_fd(self.src.as_fd(), dst, meta, self.inherited_acls)
+                        .apply_fd(
+                            self.src.as_fd(),
+                            dst,
+                            meta,
+                            self.inherited_acls,
+                            self.created_owner,
+                        )
                         .map(Some)
                 };
                 match result {
@@ -298,6 +307,7 @@ impl Engine {
                     .with_context(|| format!("open destination directory {}", dst.display()))?,
             ),
         };
+        let mut created_owner = None;
         let (dst_dev, pre_diff, passes_acls, local_dst) = match &dst_fd {
             Some(fd) => {
                 let dst_stat =
@@ -308,6 +318,7 @@ impl Engine {
                 let pre_diff = if dst_exists {
                     self.reach_existing_dir(&src_fd, &src_stat, fd, &dst_stat, dst)?
                 } else {
+                    created_owner = Some((dst_stat.uid, dst_stat.gid));
                     MetaDiff::default()
                 };
                 (
@@ -336,6 +347,7 @@ impl Engine {
             pre_diff,
             passes_acls,
             inherited_acls: !dst_exists && passes_acls,
+            created_owner,
             local_dst,
             remote_src,
             boundary: false,
@@ -381,6 +393,7 @@ impl Engine {
             pre_diff: MetaDiff::default(),
             passes_acls,
             inherited_acls: false,
+            created_owner: None,
             local_dst,
             remote_src,
             boundary: false,
@@ -747,8 +760,13 @@ impl Engine {
         let mut pre_diff = MetaDiff::default();
         let (mut dst_dev, mut local_dst, mut passes_acls) =
             (parent.dst_dev, parent.local_dst, false);
+        let mut created_owner = None;
         if let Some(fd) = &dst {
-            if existed {
+            if !existed {
+                // Answered from the attributes mkdir returned, where a network client caches
+                // them: no round trip.
+                created_owner = sys::fstat(fd.as_fd()).ok().map(|st| (st.uid, st.gid));
+            } else {
                 // An existing directory may be a mount point of another filesystem.
                 let st = sys::fstat(fd.as_fd()).ctx("stat", &dst_path)?;
                 if let Some((src_root, _)) = self.roots.get()
@@ -789,6 +807,7 @@ impl Engine {
             pre_diff,
             passes_acls,
             inherited_acls: !existed && parent.passes_acls,
+            created_owner,
             local_dst,
             remote_src,
             boundary,
@@ -1042,6 +1061,9 @@ impl Engine {
             TempEntry::file(dst_dir).ctx("create temp file for", dst_path)?
         };
         let temp_fd = temp.fd().expect("a temp file is open");
+        // Asked before the data changes the file, while a network client still holds the
+        // attributes its create returned: no round trip.
+        let temp_owner = sys::fstat(temp_fd).ok().map(|st| (st.uid, st.gid));
         self.rep
             .verbose(|| format!("created {}", dir.dst_path(temp.name()).display()));
         let job = copy::Job {
@@ -1074,7 +1096,7 @@ impl Engine {
         });
         let applied = self
             .meta
-            .apply_fd(src.as_fd(), temp_fd, st, dir.passes_acls)
+            .apply_fd(src.as_fd(), temp_fd, st, dir.passes_acls, temp_owner)
             .map_err(|e| meta_error(e, dst_path))?;
         self.note(applied, dir.dst_dev, dst_path);
         if self.opts.verify {

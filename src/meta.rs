@@ -299,7 +299,7 @@ impl Preserver {
         let mut perm = self.expect().perm(st);
         let owner_changed = diff.owner || diff.group;
         if owner_changed {
-            perm = self.set_owner(st, |u, g| sys::lchown_at(dir, name, u, g))?;
+            perm = self.set_owner(st, None, |u, g| sys::lchown_at(dir, name, u, g))?;
         }
         let mut applied = Applied::default();
         if diff.acls || diff.xattrs {
@@ -333,7 +333,7 @@ impl Preserver {
             }
             return Ok(None);
         }
-        let perm = self.set_owner(st, |u, g| sys::fchown(dst, u, g))?;
+        let perm = self.set_owner(st, Some((now.uid, now.gid)), |u, g| sys::fchown(dst, u, g))?;
         let applied = if diff.acls || diff.xattrs {
             self.sync_xattrs(Node::Fd(src), Node::Fd(dst))?
         } else {
@@ -346,14 +346,19 @@ impl Preserver {
 
     /// Gives the new entry the source's owner where permitted. Returns the permission bits
     /// that are safe to apply: setuid/setgid are dropped when the owner or group could not be
-    /// reproduced, so a copy never gains privileges its source did not grant.
+    /// reproduced, so a copy never gains privileges its source did not grant. `current`: the
+    /// entry's owner and group where known; when they are already the source's, no chown is
+    /// made (on NFS and FUSE it is a round trip, on FUSE three).
     fn set_owner(
         &self,
         st: &Stat,
+        current: Option<(u32, u32)>,
         chown: impl Fn(Option<u32>, Option<u32>) -> io::Result<()>,
     ) -> Result<u32, MetaError> {
         let refused = |e: &io::Error| errno_is(e, &[libc::EPERM, libc::EINVAL]);
-        let (uid_kept, gid_kept) = if self.root {
+        let (uid_kept, gid_kept) = if current == Some((st.uid, st.gid)) {
+            (true, true)
+        } else if self.root {
             match chown(Some(st.uid), Some(st.gid)) {
                 Ok(()) => (true, true),
                 // root_squash NFS and filesystems without owners refuse; the data still counts.
@@ -451,14 +456,16 @@ impl Preserver {
 
     /// Owner, xattrs, mode and times of an open file or directory; `src` is the open source;
     /// `inherited`: created in a directory with a default ACL.
+    /// `owner`: the owner and group `fd` was created with, where known.
     pub fn apply_fd(
         &self,
         src: BorrowedFd<'_>,
         fd: BorrowedFd<'_>,
         st: &Stat,
         inherited: bool,
+        owner: Option<(u32, u32)>,
     ) -> Result<Applied, MetaError> {
-        let perm = self.set_owner(st, |u, g| sys::fchown(fd, u, g))?;
+        let perm = self.set_owner(st, owner, |u, g| sys::fchown(fd, u, g))?;
         let applied = self.copy_xattrs(Node::Fd(src), Node::Fd(fd), inherited)?;
         step("chmod", sys::fchmod(fd, perm))?;
         step("set times", sys::futimens(fd, st.atime, st.mtime))?;
@@ -473,7 +480,7 @@ impl Preserver {
         name: &CStr,
         st: &Stat,
     ) -> Result<Applied, MetaError> {
-        self.set_owner(st, |u, g| sys::lchown_at(dir, name, u, g))?;
+        self.set_owner(st, None, |u, g| sys::lchown_at(dir, name, u, g))?;
         // Symlinks carry no ACLs, so nothing inherited needs removing.
         let applied = self.copy_xattrs(src, Node::At(dir, name), false)?;
         step("set times", sys::lutimens_at(dir, name, st.atime, st.mtime))?;
@@ -489,7 +496,7 @@ impl Preserver {
         st: &Stat,
         inherited: bool,
     ) -> Result<Applied, MetaError> {
-        let perm = self.set_owner(st, |u, g| sys::lchown_at(dir, name, u, g))?;
+        let perm = self.set_owner(st, None, |u, g| sys::lchown_at(dir, name, u, g))?;
         let applied = self.copy_xattrs(src, Node::At(dir, name), inherited)?;
         step("chmod", sys::chmod_at(dir, name, perm))?;
         step("set times", sys::lutimens_at(dir, name, st.atime, st.mtime))?;
