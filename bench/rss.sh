@@ -15,7 +15,7 @@ main() {
     local here repo
     here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
     repo=$(dirname -- "$here")
-    tc=$repo/target/release/treecopy
+    tc=${TREECOPY:-$repo/target/release/treecopy}
     lfs=$repo/target/release/latencyfs
     data=${BENCH_DATA:-/work/bench-data}
     work=${RSS_WORK:-/dev/shm/treecopy-rss}
@@ -33,13 +33,19 @@ main() {
     for w in "${what[@]}"; do "rss_$w"; done
 }
 
-# peak LABEL COMMAND...: runs the command under GNU time and prints its max RSS.
+# peak LABEL COMMAND...: runs the command under GNU time and prints its max RSS. The
+# command's own output is discarded; time writes to a file of its own (-o), so that
+# discarding stderr does not discard the measurement.
 peak() {
     local label=$1
     shift
-    local out
-    out=$( { /usr/bin/time -f '%M %e' "$@" >/dev/null 2>/dev/null; } 2>&1 | tail -1)
-    read -r kib secs <<<"$out"
+    local out=$work.time kib secs
+    /usr/bin/time -o "$out" -f '%M %e' "$@" >/dev/null 2>&1 || {
+        echo "rss.sh: $label: the command failed: $*" >&2
+        exit 1
+    }
+    read -r kib secs < <(tail -1 "$out")
+    rm -f "$out"
     printf '| %s | %d MiB | %s s |\n' "$label" $((kib / 1024)) "$secs"
 }
 
