@@ -14,9 +14,10 @@ use crate::stats::Op;
     about = "FUSE passthrough filesystem that behaves like an NFS mount (per-request \
              latency, concurrent server, server-side copy, bandwidth cap, fault injection)",
     long_about = "Serves BACKING_DIR at MOUNTPOINT. Every request the kernel sends is \
-        delayed by --latency-us before it is carried out on BACKING_DIR and answered, like \
-        an RPC to an NFS server on a LAN. Requests are served by --threads workers in \
-        parallel, so concurrent callers overlap their round trips. Must run as root \
+        carried out on BACKING_DIR at once and answered --latency-us after it arrived, like \
+        an RPC to an NFS server on a LAN. Replies wait in a queue, not in a sleeping \
+        thread, so any number of requests can be in flight and concurrent callers overlap \
+        their round trips; the emulated latency costs almost no CPU. Must run as root \
         (mounts with allow_other,default_permissions so the kernel checks permissions \
         from the backing files' modes for every user).\n\n\
         Unmount with Ctrl-C/SIGTERM to the daemon, `fusermount3 -u MOUNTPOINT` or \
@@ -31,14 +32,17 @@ pub struct Args {
     /// Existing empty directory to mount on.
     pub mountpoint: PathBuf,
 
-    /// Delay added to every request before it is answered, in microseconds: one LAN
-    /// round trip. 0 measures the FUSE layer alone.
+    /// Time from a request's arrival to its answer, in microseconds: one LAN round
+    /// trip. 0 measures the FUSE layer alone.
     #[arg(long, value_name = "US", default_value_t = 500)]
     pub latency_us: u64,
 
-    /// Worker threads answering requests in parallel (like nfsd threads). Also the
-    /// kernel's limit on background requests (readahead) in flight.
-    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    /// Session threads reading requests from /dev/fuse and doing their backing syscalls.
+    /// They never wait for the latency, so this does not limit the requests in flight
+    /// (the kernel may have any number waiting for their replies, and up to 64
+    /// background ones such as readahead); more threads only help when backing syscalls
+    /// are slow, and cost CPU on a small machine.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub threads: u32,
 
     /// Cap the data rate of each open file, in bytes per second, like one TCP stream:
@@ -212,6 +216,6 @@ mod tests {
         .unwrap();
         assert_eq!(a.fail_ops, vec![Op::Open, Op::Read]);
         assert_eq!(a.latency_us, 500);
-        assert_eq!(a.threads, 64);
+        assert_eq!(a.threads, 2);
     }
 }

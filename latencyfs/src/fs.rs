@@ -1,10 +1,14 @@
-//! The FUSE filesystem: a passthrough to the backing directory that delays every request
+//! The FUSE filesystem: a passthrough to the backing directory that delays every reply
 //! by one emulated round trip, optionally paces data per open file, and injects faults.
 //!
-//! Concurrency: fuser 0.18 runs `Config::n_threads` session loops, each blocking in
-//! read(/dev/fuse) and handling one request at a time (sleep + backing syscall + reply).
-//! That is a fixed pool of `--threads` workers fed directly by the kernel's request
-//! queue, like nfsd threads, so N concurrent callers each see about one latency.
+//! Concurrency: fuser 0.18 runs `Config::n_threads` session loops (`--threads`), each
+//! blocking in read(/dev/fuse). A session thread handles the request it read at once
+//! (count, backing syscall, reply prepared) and hands the reply to the reply queue
+//! (`replies`), which sends it when the request's deadline comes: arrival + latency, or
+//! later when the stream's wire is busy. No thread sleeps per request, so the number of
+//! requests in flight is not bounded by `--threads` (like an NFS server with many nfsd
+//! threads) and N concurrent callers each see about one latency. With no latency the
+//! reply is sent inline.
 
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
@@ -13,7 +17,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
     BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
@@ -25,11 +29,16 @@ use fuser::{
 use crate::faults::Faults;
 use crate::inodes::{InodeTable, Key, ROOT};
 use crate::pacing::{self, Stream};
+use crate::replies::ReplyQueue;
 use crate::stats::{Op, Stats};
 use crate::sys::{self, Loc, RawDirEntry, SysResult};
 
 /// Largest READ/WRITE the kernel may send: 1 MiB, like a typical NFS rsize/wsize.
 pub const MAX_IO: u32 = 1 << 20;
+
+/// Background requests the kernel may have in flight at once: enough for readahead to
+/// keep many 1 MiB READs outstanding.
+const MAX_BACKGROUND: u16 = 64;
 
 /// How directory listings carry attributes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -51,7 +60,6 @@ pub struct Settings {
     pub ttl: Duration,
     pub blksize: Option<u32>,
     pub readdirplus: ReaddirPlus,
-    pub threads: usize,
     pub faults: Faults,
     pub verbose: bool,
 }
@@ -85,6 +93,7 @@ pub struct LatencyFs {
     dirs: RwLock<HashMap<u64, Arc<DirHandle>>>,
     next_fh: AtomicU64,
     stats: Arc<Stats>,
+    replies: ReplyQueue,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -112,13 +121,77 @@ impl LatencyFs {
             dirs: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             stats,
+            replies: ReplyQueue::start()?,
         })
     }
 
-    /// Counts the request and waits one round trip before it "reaches the server".
-    fn begin(&self, op: Op) {
+    /// Counts the request and notes when its reply is due: one round trip from now. The
+    /// caller then handles it at once and passes the reply to `answer`.
+    fn begin(&self, op: Op) -> Call {
         self.stats.count(op);
-        pacing::round_trip(self.s.latency);
+        let arrived = Instant::now();
+        Call {
+            arrived,
+            due: pacing::round_trip_done(arrived, self.s.latency),
+        }
+    }
+
+    /// Counts a request that is answered without emulated latency.
+    fn begin_undelayed(&self, op: Op) -> Call {
+        self.stats.count(op);
+        Call {
+            arrived: Instant::now(),
+            due: None,
+        }
+    }
+
+    /// Sends a prepared reply when the call is due: inline when it is already, else
+    /// from the reply queue's timer thread, so no session thread ever sleeps.
+    fn answer(&self, call: Call, send: impl FnOnce() + Send + 'static) {
+        match call.due {
+            None => send(),
+            Some(due) => self.replies.send_at(due, Box::new(send)),
+        }
+    }
+
+    fn reply_entry(&self, call: Call, reply: ReplyEntry, r: SysResult<FileAttr>) {
+        let ttl = self.s.ttl;
+        self.answer(call, move || match r {
+            Ok(attr) => reply.entry(&ttl, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        });
+    }
+
+    fn reply_attr(&self, call: Call, reply: ReplyAttr, r: SysResult<FileAttr>) {
+        let ttl = self.s.ttl;
+        self.answer(call, move || match r {
+            Ok(attr) => reply.attr(&ttl, &attr),
+            Err(e) => reply.error(e),
+        });
+    }
+
+    fn reply_empty(&self, call: Call, reply: ReplyEmpty, r: SysResult<()>) {
+        self.answer(call, move || match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        });
+    }
+
+    fn reply_open(&self, call: Call, reply: ReplyOpen, r: SysResult<u64>) {
+        self.answer(call, move || match r {
+            // No FOPEN_KEEP_CACHE: cached pages are dropped at open, so a reader sees what
+            // the server has (close-to-open consistency).
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        });
+    }
+
+    fn reply_xattr(&self, call: Call, reply: ReplyXattr, size: u32, r: SysResult<Vec<u8>>) {
+        self.answer(call, move || match r {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) => reply.data(&v),
+            Err(e) => reply.error(e),
+        });
     }
 
     fn rel(&self, ino: INodeNo) -> SysResult<Vec<u8>> {
@@ -380,20 +453,30 @@ impl LatencyFs {
         Ok((attr, self.add_file(attr.ino.0, fd, &rel)))
     }
 
-    fn do_read(&self, fh: FileHandle, offset: u64, size: u32) -> SysResult<Vec<u8>> {
+    fn do_read(
+        &self,
+        call: &mut Call,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+    ) -> SysResult<Vec<u8>> {
         let f = self.file(fh)?;
         self.file_fault(Op::Read, &f)?;
         let mut buf = vec![0u8; size as usize];
         let n = sys::pread_full(f.fd.as_fd(), &mut buf, offset)?;
         buf.truncate(n);
-        if let Some(s) = &f.stream {
-            s.transfer(n as u64);
-        }
+        call.paced(f.stream.as_ref(), n as u64);
         self.stats.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
         Ok(buf)
     }
 
-    fn do_write(&self, fh: FileHandle, offset: u64, data: &[u8]) -> SysResult<u32> {
+    fn do_write(
+        &self,
+        call: &mut Call,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+    ) -> SysResult<u32> {
         let f = self.file(fh)?;
         self.file_fault(Op::Write, &f)?;
         let allowed = self.s.faults.reserve_write(&f.written, data.len() as u64)? as usize;
@@ -401,9 +484,7 @@ impl LatencyFs {
             self.stats.faults_injected.fetch_add(1, Ordering::Relaxed);
         }
         let n = sys::pwrite_full(f.fd.as_fd(), &data[..allowed], offset)?;
-        if let Some(s) = &f.stream {
-            s.transfer(n as u64);
-        }
+        call.paced(f.stream.as_ref(), n as u64);
         self.stats
             .bytes_written
             .fetch_add(n as u64, Ordering::Relaxed);
@@ -546,25 +627,21 @@ fn backing_open_flags(flags: i32) -> i32 {
         | libc::O_NOFOLLOW
 }
 
-fn reply_entry(reply: ReplyEntry, ttl: Duration, r: SysResult<FileAttr>) {
-    match r {
-        Ok(attr) => reply.entry(&ttl, &attr, Generation(0)),
-        Err(e) => reply.error(e),
-    }
+/// One request's timing: when it arrived and when its reply is due.
+struct Call {
+    arrived: Instant,
+    /// None: answer at once (no latency, or a request that is not delayed).
+    due: Option<Instant>,
 }
 
-fn reply_empty(reply: ReplyEmpty, r: SysResult<()>) {
-    match r {
-        Ok(()) => reply.ok(),
-        Err(e) => reply.error(e),
-    }
-}
-
-fn reply_xattr(reply: ReplyXattr, size: u32, r: SysResult<Vec<u8>>) {
-    match r {
-        Ok(v) if size == 0 => reply.size(v.len() as u32),
-        Ok(v) => reply.data(&v),
-        Err(e) => reply.error(e),
+impl Call {
+    /// Pushes the deadline back until `bytes` of data have crossed the open file's
+    /// emulated wire (--stream-bandwidth), which they start to do when the request has
+    /// reached the "server".
+    fn paced(&mut self, stream: Option<&Stream>, bytes: u64) {
+        if let Some(s) = stream {
+            self.due = Some(s.transfer(bytes, self.due.unwrap_or(self.arrived)));
+        }
     }
 }
 
@@ -607,11 +684,11 @@ impl Filesystem for LatencyFs {
         if let Err(nearest) = config.set_max_readahead(MAX_IO) {
             let _ = config.set_max_readahead(nearest);
         }
-        // Background requests (readahead, async reads) in flight at once: as many as we
-        // have workers, like an NFS client's RPC slot table.
-        let bg = self.s.threads.clamp(1, u16::MAX as usize) as u16;
-        let _ = config.set_max_background(bg);
-        let _ = config.set_congestion_threshold((bg / 4 * 3).max(1));
+        // Background requests (readahead, async reads, async releases) in flight at once,
+        // like an NFS client's RPC slot table. Not tied to --threads: session threads
+        // never wait for the latency, so any number of requests can be in flight.
+        let _ = config.set_max_background(MAX_BACKGROUND);
+        let _ = config.set_congestion_threshold(MAX_BACKGROUND / 4 * 3);
         if self.s.verbose {
             eprintln!(
                 "latencyfs: kernel ABI {:?}; granted {:?}; not supported by kernel {:?}",
@@ -624,14 +701,14 @@ impl Filesystem for LatencyFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.begin(Op::Lookup);
+        let call = self.begin(Op::Lookup);
         let r = (|| {
             let rel = self.child_rel(parent, name)?;
             self.fault(Op::Lookup, &rel)?;
             let st = sys::lstat(&self.loc(&rel)?)?;
             Ok(self.entry(parent, name, &st))
         })();
-        reply_entry(reply, self.s.ttl, r);
+        self.reply_entry(call, reply, r);
     }
 
     // FORGET has no reply and no NFS counterpart (it is client-side cache eviction), so
@@ -646,11 +723,9 @@ impl Filesystem for LatencyFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.begin(Op::Getattr);
-        match self.do_getattr(ino, fh) {
-            Ok(attr) => reply.attr(&self.s.ttl, &attr),
-            Err(e) => reply.error(e),
-        }
+        let call = self.begin(Op::Getattr);
+        let r = self.do_getattr(ino, fh);
+        self.reply_attr(call, reply, r);
     }
 
     fn setattr(
@@ -671,24 +746,22 @@ impl Filesystem for LatencyFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        self.begin(Op::Setattr);
-        match self.do_setattr(ino, mode, uid, gid, size, atime, mtime, fh) {
-            Ok(attr) => reply.attr(&self.s.ttl, &attr),
-            Err(e) => reply.error(e),
-        }
+        let call = self.begin(Op::Setattr);
+        let r = self.do_setattr(ino, mode, uid, gid, size, atime, mtime, fh);
+        self.reply_attr(call, reply, r);
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.begin(Op::Readlink);
+        let call = self.begin(Op::Readlink);
         let r = (|| {
             let rel = self.rel(ino)?;
             self.fault(Op::Readlink, &rel)?;
             sys::readlink(&self.loc(&rel)?)
         })();
-        match r {
+        self.answer(call, move || match r {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(e),
-        }
+        });
     }
 
     fn mknod(
@@ -701,7 +774,7 @@ impl Filesystem for LatencyFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.begin(Op::Mknod);
+        let call = self.begin(Op::Mknod);
         let r = (|| {
             let rel = self.child_rel(parent, name)?;
             self.fault(Op::Mknod, &rel)?;
@@ -709,7 +782,7 @@ impl Filesystem for LatencyFs {
             sys::mknod(&path, mode, sys::decode_dev(rdev))?;
             self.finish_new_node(req, parent, name, &rel, &path, mode)
         })();
-        reply_entry(reply, self.s.ttl, r);
+        self.reply_entry(call, reply, r);
     }
 
     fn mkdir(
@@ -721,7 +794,7 @@ impl Filesystem for LatencyFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        self.begin(Op::Mkdir);
+        let call = self.begin(Op::Mkdir);
         let r = (|| {
             let rel = self.child_rel(parent, name)?;
             self.fault(Op::Mkdir, &rel)?;
@@ -729,11 +802,11 @@ impl Filesystem for LatencyFs {
             sys::mkdir(&path, mode)?;
             self.finish_new_node(req, parent, name, &rel, &path, mode | libc::S_IFDIR)
         })();
-        reply_entry(reply, self.s.ttl, r);
+        self.reply_entry(call, reply, r);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.begin(Op::Unlink);
+        let call = self.begin(Op::Unlink);
         let r = (|| {
             let rel = self.child_rel(parent, name)?;
             self.fault(Op::Unlink, &rel)?;
@@ -741,11 +814,11 @@ impl Filesystem for LatencyFs {
             lock(&self.table).unlinked(parent.0, name);
             Ok(())
         })();
-        reply_empty(reply, r);
+        self.reply_empty(call, reply, r);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.begin(Op::Rmdir);
+        let call = self.begin(Op::Rmdir);
         let r = (|| {
             let rel = self.child_rel(parent, name)?;
             self.fault(Op::Rmdir, &rel)?;
@@ -753,7 +826,7 @@ impl Filesystem for LatencyFs {
             lock(&self.table).unlinked(parent.0, name);
             Ok(())
         })();
-        reply_empty(reply, r);
+        self.reply_empty(call, reply, r);
     }
 
     fn symlink(
@@ -764,7 +837,7 @@ impl Filesystem for LatencyFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        self.begin(Op::Symlink);
+        let call = self.begin(Op::Symlink);
         let r = (|| {
             let rel = self.child_rel(parent, link_name)?;
             self.fault(Op::Symlink, &rel)?;
@@ -772,7 +845,7 @@ impl Filesystem for LatencyFs {
             sys::symlink(&name_cstr(target.as_os_str())?, &path)?;
             self.finish_new_node(req, parent, link_name, &rel, &path, libc::S_IFLNK | 0o777)
         })();
-        reply_entry(reply, self.s.ttl, r);
+        self.reply_entry(call, reply, r);
     }
 
     fn rename(
@@ -785,7 +858,7 @@ impl Filesystem for LatencyFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        self.begin(Op::Rename);
+        let call = self.begin(Op::Rename);
         let r = (|| {
             let from = self.child_rel(parent, name)?;
             let to = self.child_rel(newparent, newname)?;
@@ -796,7 +869,7 @@ impl Filesystem for LatencyFs {
             lock(&self.table).renamed(parent.0, name, newparent.0, newname, exchange);
             Ok(())
         })();
-        reply_empty(reply, r);
+        self.reply_empty(call, reply, r);
     }
 
     fn link(
@@ -807,7 +880,7 @@ impl Filesystem for LatencyFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.begin(Op::Link);
+        let call = self.begin(Op::Link);
         let r = (|| {
             let old = self.rel(ino)?;
             let new = self.child_rel(newparent, newname)?;
@@ -817,23 +890,18 @@ impl Filesystem for LatencyFs {
             let st = sys::lstat(&new_path)?;
             Ok(self.entry(newparent, newname, &st))
         })();
-        reply_entry(reply, self.s.ttl, r);
+        self.reply_entry(call, reply, r);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.begin(Op::Open);
+        let call = self.begin(Op::Open);
         let r = (|| {
             let rel = self.rel(ino)?;
             self.fault(Op::Open, &rel)?;
             let fd = sys::open_at(&self.loc(&rel)?, backing_open_flags(flags.0), 0)?;
             Ok(self.add_file(ino.0, fd, &rel))
         })();
-        match r {
-            // No FOPEN_KEEP_CACHE: cached pages are dropped at open, so a reader sees what
-            // the server has (close-to-open consistency).
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(e),
-        }
+        self.reply_open(call, reply, r);
     }
 
     fn read(
@@ -847,12 +915,17 @@ impl Filesystem for LatencyFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _in_flight = self.stats.io_started(false);
-        self.begin(Op::Read);
-        match self.do_read(fh, offset, size) {
-            Ok(buf) => reply.data(&buf),
-            Err(e) => reply.error(e),
-        }
+        let in_flight = self.stats.io_started(false);
+        let mut call = self.begin(Op::Read);
+        let r = self.do_read(&mut call, fh, offset, size);
+        self.answer(call, move || {
+            match r {
+                Ok(buf) => reply.data(&buf),
+                Err(e) => reply.error(e),
+            }
+            // In flight until the answer has left.
+            drop(in_flight);
+        });
     }
 
     fn write(
@@ -867,12 +940,16 @@ impl Filesystem for LatencyFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _in_flight = self.stats.io_started(true);
-        self.begin(Op::Write);
-        match self.do_write(fh, offset, data) {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(e),
-        }
+        let in_flight = self.stats.io_started(true);
+        let mut call = self.begin(Op::Write);
+        let r = self.do_write(&mut call, fh, offset, data);
+        self.answer(call, move || {
+            match r {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(e),
+            }
+            drop(in_flight);
+        });
     }
 
     fn flush(
@@ -885,8 +962,8 @@ impl Filesystem for LatencyFs {
     ) {
         // Every close() sends FLUSH and waits for it, like an NFS close flushing to the
         // server. Data already went to the backing file at write time.
-        self.begin(Op::Flush);
-        reply_empty(reply, self.file(fh).map(drop));
+        let call = self.begin(Op::Flush);
+        self.reply_empty(call, reply, self.file(fh).map(drop));
     }
 
     fn release(
@@ -899,13 +976,13 @@ impl Filesystem for LatencyFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.begin(Op::Release);
+        let call = self.begin(Op::Release);
         let removed = self
             .files
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&fh.0);
-        reply_empty(reply, removed.map(drop).ok_or(Errno::EBADF));
+        self.reply_empty(call, reply, removed.map(drop).ok_or(Errno::EBADF));
     }
 
     fn fsync(
@@ -916,15 +993,15 @@ impl Filesystem for LatencyFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.begin(Op::Fsync);
+        let call = self.begin(Op::Fsync);
         let r = self
             .file(fh)
             .and_then(|f| sys::fsync(f.fd.as_fd(), datasync));
-        reply_empty(reply, r);
+        self.reply_empty(call, reply, r);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.begin(Op::Opendir);
+        let call = self.begin(Op::Opendir);
         let r = (|| {
             let rel = self.rel(ino)?;
             self.fault(Op::Opendir, &rel)?;
@@ -944,10 +1021,7 @@ impl Filesystem for LatencyFs {
                 .insert(fh, Arc::new(dh));
             Ok(fh)
         })();
-        match r {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(e),
-        }
+        self.reply_open(call, reply, r);
     }
 
     fn readdir(
@@ -958,11 +1032,12 @@ impl Filesystem for LatencyFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        self.begin(Op::Readdir);
-        match self.do_readdir(fh, offset, &mut reply) {
+        let call = self.begin(Op::Readdir);
+        let r = self.do_readdir(fh, offset, &mut reply);
+        self.answer(call, move || match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
-        }
+        });
     }
 
     fn readdirplus(
@@ -973,11 +1048,12 @@ impl Filesystem for LatencyFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        self.begin(Op::Readdirplus);
-        match self.do_readdirplus(ino, fh, offset, &mut reply) {
+        let call = self.begin(Op::Readdirplus);
+        let r = self.do_readdirplus(ino, fh, offset, &mut reply);
+        self.answer(call, move || match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
-        }
+        });
     }
 
     fn releasedir(
@@ -988,13 +1064,13 @@ impl Filesystem for LatencyFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.begin(Op::Releasedir);
+        let call = self.begin(Op::Releasedir);
         let removed = self
             .dirs
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&fh.0);
-        reply_empty(reply, removed.map(drop).ok_or(Errno::EBADF));
+        self.reply_empty(call, reply, removed.map(drop).ok_or(Errno::EBADF));
     }
 
     fn fsyncdir(
@@ -1005,16 +1081,17 @@ impl Filesystem for LatencyFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.begin(Op::Fsyncdir);
+        let call = self.begin(Op::Fsyncdir);
         let r = self
             .dir(fh)
             .and_then(|d| sys::fsync(d.fd.as_fd(), datasync));
-        reply_empty(reply, r);
+        self.reply_empty(call, reply, r);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        self.begin(Op::Statfs);
-        match self.loc(b"").and_then(|p| sys::statvfs(&p)) {
+        let call = self.begin(Op::Statfs);
+        let r = self.loc(b"").and_then(|p| sys::statvfs(&p));
+        self.answer(call, move || match r {
             Ok(s) => reply.statfs(
                 s.f_blocks,
                 s.f_bfree,
@@ -1026,7 +1103,7 @@ impl Filesystem for LatencyFs {
                 s.f_frsize as u32,
             ),
             Err(e) => reply.error(e),
-        }
+        });
     }
 
     fn setxattr(
@@ -1039,13 +1116,13 @@ impl Filesystem for LatencyFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        self.begin(Op::Setxattr);
+        let call = self.begin(Op::Setxattr);
         let r = (|| {
             let rel = self.rel(ino)?;
             self.fault(Op::Setxattr, &rel)?;
             sys::set_xattr(&self.loc(&rel)?, &name_cstr(name)?, value, flags)
         })();
-        reply_empty(reply, r);
+        self.reply_empty(call, reply, r);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -1053,37 +1130,37 @@ impl Filesystem for LatencyFs {
         // before every write(2) to know whether to strip it. An NFS client answers that
         // locally (it has no security.* xattr handler), so delaying it would double the
         // cost of every write compared to NFS. It is still counted and passed through.
-        if sys::os_bytes(name) == b"security.capability" {
-            self.stats.count(Op::Getxattr);
+        let call = if sys::os_bytes(name) == b"security.capability" {
+            self.begin_undelayed(Op::Getxattr)
         } else {
-            self.begin(Op::Getxattr);
-        }
+            self.begin(Op::Getxattr)
+        };
         let r = (|| {
             let rel = self.rel(ino)?;
             self.fault(Op::Getxattr, &rel)?;
             sys::get_or_list_xattr(&self.loc(&rel)?, Some(&name_cstr(name)?), size as usize)
         })();
-        reply_xattr(reply, size, r);
+        self.reply_xattr(call, reply, size, r);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.begin(Op::Listxattr);
+        let call = self.begin(Op::Listxattr);
         let r = (|| {
             let rel = self.rel(ino)?;
             self.fault(Op::Listxattr, &rel)?;
             sys::get_or_list_xattr(&self.loc(&rel)?, None, size as usize)
         })();
-        reply_xattr(reply, size, r);
+        self.reply_xattr(call, reply, size, r);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.begin(Op::Removexattr);
+        let call = self.begin(Op::Removexattr);
         let r = (|| {
             let rel = self.rel(ino)?;
             self.fault(Op::Removexattr, &rel)?;
             sys::remove_xattr(&self.loc(&rel)?, &name_cstr(name)?)
         })();
-        reply_empty(reply, r);
+        self.reply_empty(call, reply, r);
     }
 
     fn create(
@@ -1096,17 +1173,19 @@ impl Filesystem for LatencyFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        self.begin(Op::Create);
-        match self.do_create(req, parent, name, mode, flags) {
+        let call = self.begin(Op::Create);
+        let r = self.do_create(req, parent, name, mode, flags);
+        let ttl = self.s.ttl;
+        self.answer(call, move || match r {
             Ok((attr, fh)) => reply.created(
-                &self.s.ttl,
+                &ttl,
                 &attr,
                 Generation(0),
                 FileHandle(fh),
                 FopenFlags::empty(),
             ),
             Err(e) => reply.error(e),
-        }
+        });
     }
 
     fn fallocate(
@@ -1119,11 +1198,11 @@ impl Filesystem for LatencyFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        self.begin(Op::Fallocate);
+        let call = self.begin(Op::Fallocate);
         let r = self
             .file(fh)
             .and_then(|f| sys::fallocate(f.fd.as_fd(), mode, offset, length));
-        reply_empty(reply, r);
+        self.reply_empty(call, reply, r);
     }
 
     fn lseek(
@@ -1136,14 +1215,14 @@ impl Filesystem for LatencyFs {
         reply: ReplyLseek,
     ) {
         // Only SEEK_DATA/SEEK_HOLE reach us (NFSv4.2 SEEK); plain seeks stay in the kernel.
-        self.begin(Op::Lseek);
-        match self
+        let call = self.begin(Op::Lseek);
+        let r = self
             .file(fh)
-            .and_then(|f| sys::lseek(f.fd.as_fd(), offset, whence))
-        {
+            .and_then(|f| sys::lseek(f.fd.as_fd(), offset, whence));
+        self.answer(call, move || match r {
             Ok(off) => reply.offset(off),
             Err(e) => reply.error(e),
-        }
+        });
     }
 
     fn copy_file_range(
@@ -1159,7 +1238,7 @@ impl Filesystem for LatencyFs {
         flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        self.begin(Op::CopyFileRange);
+        let call = self.begin(Op::CopyFileRange);
         if !self.s.copy_file_range {
             // Like a server without NFSv4.2 COPY. ENOSYS rather than EOPNOTSUPP: the kernel
             // then remembers and never sends COPY_FILE_RANGE again (as the NFS client drops
@@ -1167,16 +1246,17 @@ impl Filesystem for LatencyFs {
             // while EOPNOTSUPP would cost one wasted round trip per call. Either way the
             // kernel (6.18) falls back to an in-kernel splice copy through READ/WRITE
             // requests, so copy_file_range(2) itself still succeeds for the caller.
-            reply.error(Errno::ENOSYS);
+            self.answer(call, move || reply.error(Errno::ENOSYS));
             return;
         }
-        if !flags.is_empty() {
-            reply.error(Errno::EINVAL);
-            return;
-        }
-        match self.do_copy_file_range(fh_in, offset_in, fh_out, offset_out, len) {
+        let r = if flags.is_empty() {
+            self.do_copy_file_range(fh_in, offset_in, fh_out, offset_out, len)
+        } else {
+            Err(Errno::EINVAL)
+        };
+        self.answer(call, move || match r {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e),
-        }
+        });
     }
 }

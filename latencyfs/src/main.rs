@@ -5,6 +5,7 @@ mod faults;
 mod fs;
 mod inodes;
 mod pacing;
+mod replies;
 mod stats;
 mod sys;
 
@@ -62,8 +63,9 @@ fn run(args: Args) -> io::Result<()> {
     // caller's umask).
     // SAFETY: umask cannot fail.
     unsafe { libc::umask(0) };
-    // Timer slack is inherited by the worker threads; the default 50 us would blur
-    // sub-millisecond latencies.
+    // Timer slack (inherited by every thread started later) is 50 us by default, which
+    // would blur sub-millisecond latencies in any slack-aware wait. The reply timer is a
+    // timerfd, which fires without slack anyway; this keeps every other timed wait exact.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
     raise_fd_limit();
@@ -81,7 +83,6 @@ fn run(args: Args) -> io::Result<()> {
         ttl: Duration::from_secs_f64(args.attr_timeout),
         blksize,
         readdirplus: args.readdirplus,
-        threads: args.threads as usize,
         faults: Faults::new(
             args.fail_eio_after,
             args.fail_enospc_after,
@@ -106,8 +107,11 @@ fn run(args: Args) -> io::Result<()> {
         MountOption::RW,
     ];
     config.acl = SessionACL::All; // allow_other
+    // Session threads only read, handle and queue; the reply queue's timer thread sends
+    // the answers, so a few of them serve any number of requests in flight.
     config.n_threads = Some(args.threads as usize);
-    // One /dev/fuse fd per worker: no contention between readers of the request queue.
+    // One /dev/fuse fd per session thread. A reply must be written to the fd its request
+    // was read from; each queued reply carries its own.
     config.clone_fd = true;
 
     let session = match Session::new(fs, &mountpoint, &config) {

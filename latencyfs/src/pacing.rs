@@ -1,16 +1,15 @@
-//! Time emulation: the per-request round-trip delay and the per-stream bandwidth cap.
+//! Time emulation: when a request's reply is due, from its round trip and, for data,
+//! the per-stream bandwidth cap. Nothing here sleeps: the deadlines go to the reply
+//! queue (`replies`), which sends each answer when its time comes.
 
 use std::sync::Mutex;
-use std::thread;
 use std::time::{Duration, Instant};
 
-/// Sleeps for one emulated round trip. Called by whichever worker thread handles the
-/// request, so concurrent requests overlap their delays like requests in flight to a
-/// server do.
-pub fn round_trip(latency: Duration) {
-    if !latency.is_zero() {
-        thread::sleep(latency);
-    }
+/// When the answer to a request that arrived at `arrived` may be sent: one emulated
+/// round trip later. Concurrent requests overlap their round trips, like requests in
+/// flight to a server do. None when there is no latency (answer at once).
+pub fn round_trip_done(arrived: Instant, latency: Duration) -> Option<Instant> {
+    (!latency.is_zero()).then(|| arrived + latency)
 }
 
 /// A bandwidth cap shared by all requests on one open file, like a single TCP stream:
@@ -30,23 +29,19 @@ impl Stream {
         }
     }
 
-    /// Blocks until `bytes` have "crossed the wire".
-    pub fn transfer(&self, bytes: u64) {
+    /// Books the wire for `bytes` that can start crossing it at `ready` (when the request
+    /// reached the "server") and returns when they will have crossed it, i.e. when the
+    /// reply is due. The wire is taken in booking order, like one TCP stream.
+    pub fn transfer(&self, bytes: u64, ready: Instant) -> Instant {
         if bytes == 0 {
-            return;
+            return ready;
         }
         let cost = Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
-        let done_at = {
-            let mut free_at = self.free_at.lock().unwrap_or_else(|e| e.into_inner());
-            // An idle stream earns no credit: a burst after a pause is still paced.
-            let start = (*free_at).max(Instant::now());
-            *free_at = start + cost;
-            *free_at
-        };
-        let now = Instant::now();
-        if done_at > now {
-            thread::sleep(done_at - now);
-        }
+        let mut free_at = self.free_at.lock().unwrap_or_else(|e| e.into_inner());
+        // An idle stream earns no credit: a burst after a pause is still paced.
+        let start = (*free_at).max(ready);
+        *free_at = start + cost;
+        *free_at
     }
 }
 
@@ -58,11 +53,19 @@ mod tests {
     fn stream_paces_bytes() {
         let s = Stream::new(10_000_000);
         let t = Instant::now();
-        for _ in 0..5 {
-            s.transfer(100_000); // 10 ms each
-        }
-        let el = t.elapsed();
-        assert!(el >= Duration::from_millis(50), "{el:?}");
-        assert!(el < Duration::from_millis(200), "{el:?}");
+        let ms = Duration::from_millis;
+        // Back to back: each 100 kB occupies the wire for 10 ms after the previous one.
+        let done: Vec<_> = (0..5).map(|_| s.transfer(100_000, t) - t).collect();
+        assert!(
+            done.iter().zip(1..).all(|(&d, i)| d >= ms(10 * i)),
+            "{done:?}"
+        );
+        assert!(done[4] < ms(50) + ms(20), "{done:?}");
+        // A request that reaches the server after the wire went idle starts then.
+        let late = t + ms(200);
+        assert_eq!(s.transfer(100_000, late), late + ms(10));
+        assert_eq!(s.transfer(0, late), late);
+        assert_eq!(round_trip_done(t, Duration::ZERO), None);
+        assert_eq!(round_trip_done(t, ms(1)), Some(t + ms(1)));
     }
 }

@@ -1,6 +1,7 @@
 //! Per-operation request counters, so a benchmark can report how many "RPCs" a tool made.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Every FUSE operation latencyfs answers. The names double as the `--fail-ops` vocabulary.
@@ -134,8 +135,9 @@ pub struct Stats {
     pub faults_injected: AtomicU64,
     /// Gauge: inode table size after the latest change.
     pub nodes_tracked: AtomicU64,
-    /// READ and WRITE requests being served right now, and the most there ever were at once:
-    /// a single stream shows 1, a client reading or writing in parallel more.
+    /// READ and WRITE requests in flight right now (from arrival until their deferred reply
+    /// is sent), and the most there ever were at once: a single stream shows 1, a client
+    /// reading or writing in parallel more.
     pub reads_in_flight: AtomicU64,
     pub max_reads_in_flight: AtomicU64,
     pub writes_in_flight: AtomicU64,
@@ -147,16 +149,28 @@ impl Stats {
         self.counts[op.index()].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Marks a READ (or, with `write`, a WRITE) as started; the guard marks it done.
-    pub fn io_started(&self, write: bool) -> InFlight<'_> {
-        let (now, max) = if write {
-            (&self.writes_in_flight, &self.max_writes_in_flight)
+    /// Marks a READ (or, with `write`, a WRITE) as started; the guard marks it done. It
+    /// owns a reference so it can travel with the deferred reply to the timer thread.
+    pub fn io_started(self: &Arc<Self>, write: bool) -> InFlight {
+        let current = self.in_flight(write).fetch_add(1, Ordering::SeqCst) + 1;
+        let max = if write {
+            &self.max_writes_in_flight
         } else {
-            (&self.reads_in_flight, &self.max_reads_in_flight)
+            &self.max_reads_in_flight
         };
-        let current = now.fetch_add(1, Ordering::SeqCst) + 1;
         max.fetch_max(current, Ordering::SeqCst);
-        InFlight(now)
+        InFlight {
+            stats: self.clone(),
+            write,
+        }
+    }
+
+    fn in_flight(&self, write: bool) -> &AtomicU64 {
+        if write {
+            &self.writes_in_flight
+        } else {
+            &self.reads_in_flight
+        }
     }
 
     /// `name=value` lines: ops that were seen, then byte totals. Easy to grep or parse.
@@ -183,12 +197,17 @@ impl Stats {
     }
 }
 
-/// A READ or WRITE in progress; dropping it ends it.
-pub struct InFlight<'a>(&'a AtomicU64);
+/// A READ or WRITE in progress; dropping it (after its reply was sent) ends it.
+pub struct InFlight {
+    stats: Arc<Stats>,
+    write: bool,
+}
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.stats
+            .in_flight(self.write)
+            .fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -201,7 +220,7 @@ mod tests {
         for op in Op::ALL {
             assert_eq!(Op::from_name(op.name()), Some(op));
         }
-        let s = Stats::default();
+        let s = Arc::new(Stats::default());
         s.count(Op::CopyFileRange);
         assert!(s.render().contains("copy_file_range=1\n"));
         let (a, b) = (s.io_started(false), s.io_started(false));
