@@ -12,6 +12,7 @@
 #   within-nossc  the same on a mount that refuses server-side copy (like NFSv3)
 #
 # No scenario means all. Settings: LATENCY_US (500), RUNS (3), STREAM_BW (100MiB),
+# PEER_THREADS (16 64: xcp and fcp run once with each thread count),
 # PEERS_ROOT (/work/bench-data/peers, from bench/peers.sh), TOOLS (treecopy cp rsync xcp
 # fcp cpz), NFS_WORK (/dev/shm/treecopy-nfs), RESULTS (/work/bench-data/results).
 # Before every timed run, for every tool alike and outside the timing: the destination is
@@ -27,6 +28,8 @@ main() {
     local latency=${LATENCY_US:-500} runs=${RUNS:-3} cap=${STREAM_BW:-100MiB}
     local peers=${PEERS_ROOT:-/work/bench-data/peers}/bin
     local tools=${TOOLS:-"treecopy cp rsync xcp fcp cpz"}
+    # Global: read by commands(). Each peer that takes a thread count runs with each of these.
+    peer_threads=${PEER_THREADS:-"16 64"}
     local tc=$repo/target/release/treecopy lfs=$repo/target/release/latencyfs
     [[ -x $tc && -x $lfs ]] || { echo "nfs.sh: build first: cargo build --release --workspace" >&2; exit 1; }
     local scenarios=("$@")
@@ -82,8 +85,16 @@ commands() {
             treecopy) cmds+=(-n "treecopy" "$tc -q $src $dst") ;;
             cp) cmds+=(-n "cp -a" "cp -a $src $dst") ;;
             rsync) cmds+=(-n "rsync -a" "rsync -a $src/ $dst/") ;;
-            xcp) [[ -x $peers/xcp ]] && cmds+=(-n "xcp -w16" "$peers/xcp -r -o --no-progress --workers 16 $src $dst") ;;
-            fcp) [[ -x $peers/fcp ]] && cmds+=(-n "fcp (16 threads)" "env RAYON_NUM_THREADS=16 $peers/fcp $src $dst") ;;
+            xcp)
+                for n in $peer_threads; do
+                    [[ -x $peers/xcp ]] && cmds+=(-n "xcp -w$n" "$peers/xcp -r -o --no-progress --workers $n $src $dst")
+                done
+                ;;
+            fcp)
+                for n in $peer_threads; do
+                    [[ -x $peers/fcp ]] && cmds+=(-n "fcp ($n threads)" "env RAYON_NUM_THREADS=$n $peers/fcp $src $dst")
+                done
+                ;;
             cpz) [[ -x $peers/cpz ]] && cmds+=(-n "cpz" "$peers/cpz $src $dst") ;;
         esac
     done

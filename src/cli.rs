@@ -57,7 +57,7 @@ pub struct Cli {
     /// Destination directory (or file, when SRC is a file)
     pub dst: PathBuf,
 
-    /// Number of concurrent copy workers [default: 16 when SRC or DST is on a network or
+    /// Number of concurrent copy workers [default: 64 when SRC or DST is on a network or
     /// FUSE filesystem, else the number of CPUs]
     #[arg(short = 'j', long, value_name = "N",
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
