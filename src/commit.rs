@@ -66,9 +66,12 @@ impl<'d> TempEntry<'d> {
         }
     }
 
-    /// A new empty regular file (O_CREAT|O_EXCL|O_NOFOLLOW, mode 0600), open for writing.
-    pub fn file(dir: BorrowedFd<'d>) -> io::Result<Self> {
-        Self::create_with(dir, |name| sys::create_exclusive(dir, name).map(Some))
+    /// A new empty regular file (O_CREAT|O_EXCL|O_NOFOLLOW, mode 0600), open for writing;
+    /// with `direct`, also O_DIRECT.
+    pub fn file(dir: BorrowedFd<'d>, direct: bool) -> io::Result<Self> {
+        Self::create_with(dir, |name| {
+            sys::create_exclusive(dir, name, direct).map(Some)
+        })
     }
 
     pub fn symlink(dir: BorrowedFd<'d>, target: &OsStr) -> io::Result<Self> {

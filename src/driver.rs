@@ -1056,9 +1056,23 @@ impl Engine {
         let (src_path, dst_path) = (at.src_path(), at.dst_path());
         let (src_path, dst_path) = (src_path.as_path(), dst_path.as_path());
         self.rep.found_bytes(st.size);
+        // Chunks in parallel pay where each stream is latency-bound (NFS, FUSE); on a local
+        // disk one file's writers take turns on its inode lock. A hard-linked file's other
+        // names wait for this copy: a worker must not pick them up while it waits for this
+        // file's chunks.
+        let parallel =
+            (dir.remote_src || !dir.local_dst) && (st.nlink < 2 || !self.opts.hard_links);
+        // A file that will move as direct-I/O chunks to a network or FUSE server is created
+        // for direct I/O too: FUSE serializes a file's direct writes while any descriptor of
+        // it uses the page cache (an NFS client does not), which made 16 streams one.
+        let direct = parallel
+            && !dir.local_dst
+            && st.dev != dir.dst_dev
+            && st.size >= copy::PARALLEL_FROM
+            && sys::direct_io_any_alignment(dst_dir);
         let temp = {
             let _one_at_a_time = dir.local_dst.then(|| lock(&self.create_lock));
-            TempEntry::file(dst_dir).ctx("create temp file for", dst_path)?
+            TempEntry::file(dst_dir, direct).ctx("create temp file for", dst_path)?
         };
         let temp_fd = temp.fd().expect("a temp file is open");
         // Asked before the data changes the file, while a network client still holds the
@@ -1076,11 +1090,7 @@ impl Engine {
             src_path,
             dst_path,
             reflink: self.opts.reflink,
-            // Chunks in parallel pay where each stream is latency-bound (NFS, FUSE); on a
-            // local disk one file's writers take turns on its inode lock. A hard-linked
-            // file's other names wait for this copy: a worker must not pick them up while it
-            // waits for this file's chunks.
-            parallel: (dir.remote_src || !dir.local_dst) && (st.nlink < 2 || !self.opts.hard_links),
+            parallel,
             src_remote: dir.remote_src,
             dst_remote: !dir.local_dst,
             chunk_workers: rayon::current_num_threads(),

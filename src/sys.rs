@@ -144,9 +144,13 @@ pub fn open_source_dir_path(path: &Path) -> io::Result<OwnedFd> {
 }
 
 /// Creates a new file that must not exist yet, for writing, owner-only until committed.
-pub fn create_exclusive(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
-    let flags =
+/// `direct`: opened with O_DIRECT (see `direct_io_any_alignment`).
+pub fn create_exclusive(dir: BorrowedFd<'_>, name: &CStr, direct: bool) -> io::Result<OwnedFd> {
+    let mut flags =
         OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    if direct {
+        flags |= OFlag::O_DIRECT;
+    }
     Ok(nix::fcntl::openat(
         dir,
         name,
@@ -463,6 +467,13 @@ pub fn is_remote_fs(fd: BorrowedFd<'_>) -> bool {
         0x5346414F,            // AFS
     ];
     nix::sys::statfs::fstatfs(fd).is_ok_and(|fs| REMOTE.contains(&fs.filesystem_type().0))
+}
+
+/// Whether `fd`'s filesystem takes O_DIRECT I/O of any length at any offset from any buffer
+/// (NFS and FUSE pass it to the server as it is), unlike block filesystems and Lustre.
+pub fn direct_io_any_alignment(fd: BorrowedFd<'_>) -> bool {
+    nix::sys::statfs::fstatfs(fd)
+        .is_ok_and(|fs| [0x6969, 0x65735546].contains(&fs.filesystem_type().0))
 }
 
 /// Takes an exclusive open-file-description lock on the whole of `fd` without waiting.

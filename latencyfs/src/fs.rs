@@ -40,6 +40,19 @@ pub const MAX_IO: u32 = 1 << 20;
 /// keep many 1 MiB READs outstanding.
 const MAX_BACKGROUND: u16 = 64;
 
+/// How a file opened with `flags` (the caller's open(2) flags) is served. O_DIRECT opens
+/// bypass the client's cache and may have several writes in flight at once, as on an NFS
+/// client, which sends O_DIRECT writes to one file in parallel: FUSE takes a file's writes
+/// one at a time under its inode lock unless the open is FOPEN_DIRECT_IO with
+/// FOPEN_PARALLEL_DIRECT_WRITES (and then only writes that do not extend the file).
+fn open_reply_flags(flags: i32) -> FopenFlags {
+    if flags & libc::O_DIRECT != 0 {
+        FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
+    } else {
+        FopenFlags::empty()
+    }
+}
+
 /// How directory listings carry attributes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ReaddirPlus {
@@ -177,11 +190,12 @@ impl LatencyFs {
         });
     }
 
-    fn reply_open(&self, call: Call, reply: ReplyOpen, r: SysResult<u64>) {
+    fn reply_open(&self, call: Call, reply: ReplyOpen, flags: i32, r: SysResult<u64>) {
+        let open_flags = open_reply_flags(flags);
         self.answer(call, move || match r {
             // No FOPEN_KEEP_CACHE: cached pages are dropped at open, so a reader sees what
             // the server has (close-to-open consistency).
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), open_flags),
             Err(e) => reply.error(e),
         });
     }
@@ -901,7 +915,7 @@ impl Filesystem for LatencyFs {
             let fd = sys::open_at(&self.loc(&rel)?, backing_open_flags(flags.0), 0)?;
             Ok(self.add_file(ino.0, fd, &rel))
         })();
-        self.reply_open(call, reply, r);
+        self.reply_open(call, reply, flags.0, r);
     }
 
     fn read(
@@ -1021,7 +1035,7 @@ impl Filesystem for LatencyFs {
                 .insert(fh, Arc::new(dh));
             Ok(fh)
         })();
-        self.reply_open(call, reply, r);
+        self.reply_open(call, reply, 0, r);
     }
 
     fn readdir(
@@ -1176,14 +1190,9 @@ impl Filesystem for LatencyFs {
         let call = self.begin(Op::Create);
         let r = self.do_create(req, parent, name, mode, flags);
         let ttl = self.s.ttl;
+        let open_flags = open_reply_flags(flags);
         self.answer(call, move || match r {
-            Ok((attr, fh)) => reply.created(
-                &ttl,
-                &attr,
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::empty(),
-            ),
+            Ok((attr, fh)) => reply.created(&ttl, &attr, Generation(0), FileHandle(fh), open_flags),
             Err(e) => reply.error(e),
         });
     }

@@ -349,6 +349,16 @@ impl Copy<'_, '_> {
         // The first chunk's verdict holds for the file; a kernel copy that then fails at the
         // start of a chunk falls back to positioned read/write for that chunk.
         let method = self.method;
+        if method == Method::CopyFileRange && job.src_dev == job.dst_dev {
+            // A copy within one server: the server moves the data (NFSv4.2 COPY), or the
+            // kernel does where the server refuses. Either way chunks in parallel only
+            // contend for the destination's lock there: 1 GiB within a latencyfs mount took
+            // 1.1 s in 16 streams against 0.65 s in one.
+            return self.copy_span(Span {
+                want: Some(job.size - first),
+                done: 0,
+            });
+        }
         // Whatever the first chunk made of the device pair's probe, it is given up now.
         self.probe.take();
         let failed: Mutex<Option<EntryError>> = Mutex::new(None);
