@@ -19,6 +19,8 @@ use std::sync::{Condvar, Mutex};
 /// Largest request per call: small enough that progress moves and a signal is noticed within
 /// a fraction of a second, large enough that the syscall count is irrelevant.
 const CHUNK: usize = 64 << 20;
+/// A request to a network server that copies within itself (NFSv4.2 COPY).
+const SERVER_COPY_CHUNK: usize = 1 << 30;
 /// The first call on an unknown device pair asks for little, because other workers on the
 /// same pair wait for its verdict.
 const PROBE_CHUNK: usize = 1 << 20;
@@ -27,6 +29,16 @@ const BUFFER: usize = 1 << 20;
 /// Files at least this large are copied as chunks by several workers at once (when the
 /// engine allows it): one stream rarely fills an NFS link or both CPUs of a local copy.
 pub const PARALLEL_FROM: u64 = 64 << 20;
+/// A copy_file_range within one network server slower than this is the kernel copying through
+/// the client (the server refused): a server-side copy moves data at the server's disk or
+/// memory speed, without crossing the network.
+const SLOW_SERVER_COPY_BYTES_PER_SEC: u64 = 128 << 20;
+
+/// Whether copying `bytes` within one server in `took` was too slow to be a server-side copy.
+fn slow_server_copy(bytes: u64, took: std::time::Duration) -> bool {
+    took.as_secs_f64() * SLOW_SERVER_COPY_BYTES_PER_SEC as f64 > bytes as f64
+}
+
 /// The chunk of a parallel copy: large enough that a chunk is many round trips of data,
 /// small enough that an 8 GiB file keeps every worker busy to the end.
 const PARALLEL_CHUNK: u64 = 16 << 20;
@@ -264,6 +276,9 @@ struct Copy<'c, 'j> {
     /// The source has holes its filesystem does not report (no SEEK_DATA, as on FUSE or
     /// NFSv3): read/write, seeking over all-zero blocks instead of writing them.
     skip_zeros: bool,
+    /// A network server copies this file itself: one request asks it for up to
+    /// SERVER_COPY_CHUNK, since each request is a round trip and the server's work is the same.
+    server_copy: bool,
 }
 
 /// Copies the whole file, returning the byte count and the method that did it.
@@ -287,6 +302,7 @@ pub fn copy(cache: &DeviceCache, job: &Job<'_>, rep: &Reporter) -> EntryResult<(
         probe,
         copied: 0,
         skip_zeros: false,
+        server_copy: false,
     };
     let trusted = job.size_trusted();
     if job.sparse(trusted) {
@@ -338,6 +354,7 @@ impl Copy<'_, '_> {
     fn copy_in_chunks(&mut self) -> EntryResult<()> {
         let job = self.job;
         let first = PARALLEL_CHUNK.min(job.size);
+        let started = std::time::Instant::now();
         self.copy_span(Span {
             want: Some(first),
             done: 0,
@@ -348,15 +365,31 @@ impl Copy<'_, '_> {
         }
         // The first chunk's verdict holds for the file; a kernel copy that then fails at the
         // start of a chunk falls back to positioned read/write for that chunk.
-        let method = self.method;
+        let mut method = self.method;
         if method == Method::CopyFileRange && job.src_dev == job.dst_dev {
-            // A copy within one server: the server moves the data (NFSv4.2 COPY), or the
-            // kernel does where the server refuses. Either way chunks in parallel only
-            // contend for the destination's lock there: 1 GiB within a latencyfs mount took
-            // 1.1 s in 16 streams against 0.65 s in one.
-            return self.copy_span(Span {
-                want: Some(job.size - first),
-                done: 0,
+            if !slow_server_copy(first, started.elapsed()) {
+                // A copy within one server: the server moves the data (NFSv4.2 COPY).
+                // Chunks in parallel only contend for the destination's lock there: 1 GiB
+                // within a latencyfs mount took 1.1 s in 16 streams against 0.65 s in one.
+                self.server_copy = true;
+                return self.copy_span(Span {
+                    want: Some(job.size - first),
+                    done: 0,
+                });
+            }
+            // The server refused and the kernel copies through this client instead, a pipe
+            // (64 KiB) per request on FUSE: parallel chunks of read/write move 1 MiB per
+            // request in many streams (1 GiB on latencyfs without server-side copy: 12 s in
+            // one stream of copy_file_range).
+            method = Method::ReadWrite;
+            self.method = method;
+            self.rep.verbose(|| {
+                format!(
+                    "{}: copy_file_range within the server moved {first} bytes in {:?}, slower \
+                     than a server-side copy; read/write chunks for the rest",
+                    job.src_path.display(),
+                    started.elapsed()
+                )
             });
         }
         // Whatever the first chunk made of the device pair's probe, it is given up now.
@@ -470,6 +503,8 @@ impl Copy<'_, '_> {
                 Method::CopyFileRange => {
                     let chunk = if self.probe.is_some() {
                         PROBE_CHUNK
+                    } else if self.server_copy {
+                        SERVER_COPY_CHUNK
                     } else {
                         CHUNK
                     };
@@ -691,6 +726,19 @@ fn describe(event: Event) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_server_side_copy_is_told_from_the_kernel_copying_through_the_client() {
+        use std::time::Duration;
+        let chunk = 16 << 20;
+        // 16 MiB in 10 ms: a server copying in memory.
+        assert!(!slow_server_copy(chunk, Duration::from_millis(10)));
+        // 16 MiB in 200 ms: 256 round trips of 64 KiB, as measured on latencyfs.
+        assert!(slow_server_copy(chunk, Duration::from_millis(200)));
+        // The boundary is 128 MiB/s: 125 ms for 16 MiB.
+        assert!(!slow_server_copy(chunk, Duration::from_millis(124)));
+        assert!(slow_server_copy(chunk, Duration::from_millis(126)));
+    }
+
     use super::*;
     use std::os::fd::AsFd;
     use std::os::unix::fs::MetadataExt;

@@ -193,6 +193,58 @@ fn tree_within_one_mount_with_and_without_server_side_copy() {
     }
 }
 
+/// A large file within one mount: where the server copies, treecopy leaves it one server-side
+/// copy; where the server refuses and the kernel copies through the client (64 KiB per round
+/// trip on FUSE), treecopy notices the rate of the first chunk and moves the rest as
+/// read/write chunks. Both copies are exact.
+#[test]
+fn large_file_within_one_mount_uses_the_server_or_read_write_chunks() {
+    let tmp = tempdir();
+    for (name, flags) in [
+        ("ssc", &["--latency-us", "1000"][..]),
+        (
+            "nossc",
+            &["--latency-us", "1000", "--no-copy-file-range"][..],
+        ),
+    ] {
+        let m = skip_unless!(LatencyMount::start(tmp.path(), name, flags));
+        fs::create_dir_all(m.back.join("src")).unwrap();
+        write_random_file(&m.back.join("src/field.grib"), 80 << 20, 11);
+        let run = treecopy(args!["-v", &m.mnt.join("src"), &m.mnt.join("dst")]);
+        run.assert_code(0);
+        assert_eq!(
+            first_difference(
+                &m.back.join("src/field.grib"),
+                &m.back.join("dst/field.grib")
+            )
+            .unwrap(),
+            None,
+            "{name}: the copy differs"
+        );
+        assert_no_temp_files(&m.back.join("dst"));
+        let switched = run.stderr.contains("read/write chunks for the rest");
+        let stats = m.finish();
+        if name == "ssc" {
+            assert!(
+                !switched,
+                "{name}: left the server-side copy\n{}",
+                run.stderr
+            );
+            assert_eq!(methods(&run.stderr), ["copy_file_range"], "{}", run.stderr);
+            assert!(stats["bytes_copied"] >= 80 << 20, "{name}: {stats:?}");
+        } else {
+            assert!(
+                switched,
+                "{name}: stayed with the kernel's copy\n{}",
+                run.stderr
+            );
+            assert_eq!(methods(&run.stderr), ["read/write"], "{}", run.stderr);
+            // The first chunk through the kernel's 64 KiB pipe, the rest in 1 MiB requests.
+            assert!(stats["write"] < 400, "{name}: {} WRITEs", stats["write"]);
+        }
+    }
+}
+
 /// A server that runs out of space for a file (ENOSPC after some bytes): the failing file
 /// is reported by path with the OS error, nothing appears under its final name, no temp
 /// file is left, and the rest of the tree is copied.
