@@ -87,7 +87,7 @@ rss_w3() {
     mounts+=("$work/a")
     "$lfs" "$work/b-back" "$work/b" --latency-us 200
     mounts+=("$work/b")
-    peak "W3 latencyfs -> latencyfs (chunked read/write, 16 workers)" "$tc" -q "$work/a" "$work/b/copy"
+    peak "W3 latencyfs -> latencyfs (chunked read/write, default workers, at most 16 streams)" "$tc" -q "$work/a" "$work/b/copy"
 }
 
 main "$@"; exit
