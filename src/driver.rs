@@ -1053,8 +1053,7 @@ impl Engine {
     fn write_file(&self, at: &At, src: &OwnedFd, st: &Stat) -> EntryResult<u64> {
         let dir = at.dir;
         let dst_dir = dir.dst().expect("a real run has its destination directory");
-        let (src_path, dst_path) = (at.src_path(), at.dst_path());
-        let (src_path, dst_path) = (src_path.as_path(), dst_path.as_path());
+        let (src_path, dst_path) = (&at.src_path(), &at.dst_path());
         self.rep.found_bytes(st.size);
         // Chunks in parallel pay where each stream is latency-bound (NFS, FUSE); on a local
         // disk one file's writers take turns on its inode lock. A hard-linked file's other
@@ -1063,12 +1062,9 @@ impl Engine {
         let parallel =
             (dir.remote_src || !dir.local_dst) && (st.nlink < 2 || !self.opts.hard_links);
         // A file that will move as direct-I/O chunks to a network or FUSE server is created
-        // for direct I/O too: FUSE serializes a file's direct writes while any descriptor of
-        // it uses the page cache (an NFS client does not), which made 16 streams one.
-        let direct = parallel
-            && !dir.local_dst
-            && st.dev != dir.dst_dev
-            && st.size >= copy::PARALLEL_FROM
+        // for direct I/O too (it made 16 streams one on FUSE).
+        let direct = !dir.local_dst
+            && copy::chunks_with_direct_writes(parallel, st.size, st.dev, dir.dst_dev)
             && sys::direct_io_any_alignment(dst_dir);
         let temp = {
             let _one_at_a_time = dir.local_dst.then(|| lock(&self.create_lock));

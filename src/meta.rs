@@ -159,7 +159,13 @@ impl Preserver {
         dst_st: &Stat,
         window_ns: u64,
     ) -> Result<MetaDiff, MetaError> {
-        self.diff_with(src, st, dst, dst_st, window_ns)
+        let mut diff = self.expect().diff(st, dst_st, window_ns);
+        if self.xattrs {
+            let (acls, others) = self.xattr_diff(src, dst)?;
+            diff.acls = acls;
+            diff.xattrs = others;
+        }
+        Ok(diff)
     }
 
     /// As `diff`, for an entry found up to date on a rerun: xattrs and ACLs are compared only
@@ -178,23 +184,6 @@ impl Preserver {
             return self.diff(src, st, dst, dst_st, window_ns);
         }
         Ok(self.expect().diff(st, dst_st, window_ns))
-    }
-
-    fn diff_with(
-        &self,
-        src: Node<'_>,
-        st: &Stat,
-        dst: Node<'_>,
-        dst_st: &Stat,
-        window_ns: u64,
-    ) -> Result<MetaDiff, MetaError> {
-        let mut diff = self.expect().diff(st, dst_st, window_ns);
-        if self.xattrs {
-            let (acls, others) = self.xattr_diff(src, dst)?;
-            diff.acls = acls;
-            diff.xattrs = others;
-        }
-        Ok(diff)
     }
 
     /// The xattrs a copy would carry: every readable one of `node`, sorted by name.
@@ -347,8 +336,8 @@ impl Preserver {
     /// Gives the new entry the source's owner where permitted. Returns the permission bits
     /// that are safe to apply: setuid/setgid are dropped when the owner or group could not be
     /// reproduced, so a copy never gains privileges its source did not grant. `current`: the
-    /// entry's owner and group where known; when they are already the source's, no chown is
-    /// made (on NFS and FUSE it is a round trip, on FUSE three).
+    /// entry's owner and group where known; no chown is made that would change nothing (on NFS
+    /// it is a round trip, on FUSE three).
     fn set_owner(
         &self,
         st: &Stat,
@@ -370,6 +359,8 @@ impl Preserver {
                     });
                 }
             }
+        } else if current.is_some_and(|(_, gid)| gid == st.gid) {
+            (st.uid == self.euid, true)
         } else {
             let gid_kept = match chown(None, Some(st.gid)) {
                 Ok(()) => true,

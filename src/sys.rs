@@ -450,13 +450,17 @@ pub fn set_len(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
     Ok(nix::unistd::ftruncate(fd, len as i64)?)
 }
 
+/// statfs f_type of NFS and of FUSE (linux/magic.h).
+const NFS_MAGIC: i64 = 0x6969;
+const FUSE_MAGIC: i64 = 0x65735546;
+
 /// Whether the filesystem of `fd` answers over a network or through a user-space daemon,
 /// where every call costs a round trip (f_type magics from linux/magic.h and the
 /// filesystems' own headers).
 pub fn is_remote_fs(fd: BorrowedFd<'_>) -> bool {
     const REMOTE: [i64; 10] = [
-        0x6969,                // NFS
-        0x65735546,            // FUSE
+        NFS_MAGIC,
+        FUSE_MAGIC,
         0xFF534D42_u32 as i64, // CIFS
         0xFE534D42_u32 as i64, // SMB2
         0x517B,                // SMB
@@ -473,7 +477,7 @@ pub fn is_remote_fs(fd: BorrowedFd<'_>) -> bool {
 /// (NFS and FUSE pass it to the server as it is), unlike block filesystems and Lustre.
 pub fn direct_io_any_alignment(fd: BorrowedFd<'_>) -> bool {
     nix::sys::statfs::fstatfs(fd)
-        .is_ok_and(|fs| [0x6969, 0x65735546].contains(&fs.filesystem_type().0))
+        .is_ok_and(|fs| [NFS_MAGIC, FUSE_MAGIC].contains(&fs.filesystem_type().0))
 }
 
 /// Takes an exclusive open-file-description lock on the whole of `fd` without waiting.
@@ -670,13 +674,11 @@ pub fn reopen(fd: BorrowedFd<'_>, write: bool, direct: bool) -> Option<OwnedFd> 
     } else {
         OFlag::O_RDONLY
     };
-    let mut flags = access | OFlag::O_CLOEXEC | OFlag::O_NOATIME;
+    let mut flags = access | OFlag::O_CLOEXEC;
     if direct {
         flags |= OFlag::O_DIRECT;
     }
-    nix::fcntl::open(path.as_str(), flags, Mode::empty())
-        .or_else(|_| nix::fcntl::open(path.as_str(), flags - OFlag::O_NOATIME, Mode::empty()))
-        .ok()
+    open_noatime(at_cwd(), path.as_str(), flags).ok()
 }
 
 /// Whether `path`, or its nearest existing ancestor, is on a network or FUSE filesystem.

@@ -29,6 +29,9 @@ const BUFFER: usize = 1 << 20;
 /// Files at least this large are copied as chunks by several workers at once (when the
 /// engine allows it): one stream rarely fills an NFS link or both CPUs of a local copy.
 pub const PARALLEL_FROM: u64 = 64 << 20;
+/// The chunk of a parallel copy: large enough that a chunk is many round trips of data,
+/// small enough that an 8 GiB file keeps every worker busy to the end.
+const PARALLEL_CHUNK: u64 = 16 << 20;
 /// A copy_file_range within one network server slower than this is the kernel copying through
 /// the client (the server refused): a server-side copy moves data at the server's disk or
 /// memory speed, without crossing the network.
@@ -39,9 +42,13 @@ fn slow_server_copy(bytes: u64, took: std::time::Duration) -> bool {
     took.as_secs_f64() * SLOW_SERVER_COPY_BYTES_PER_SEC as f64 > bytes as f64
 }
 
-/// The chunk of a parallel copy: large enough that a chunk is many round trips of data,
-/// small enough that an 8 GiB file keeps every worker busy to the end.
-const PARALLEL_CHUNK: u64 = 16 << 20;
+/// Whether a file of `size` from device `src_dev` to a network or FUSE directory on
+/// `dst_dev` will move as read/write chunks, which write with direct I/O: then its temp file
+/// should be opened for direct I/O too, since FUSE serializes a file's direct writes while any
+/// descriptor of it uses the page cache (an NFS client does not).
+pub fn chunks_with_direct_writes(parallel: bool, size: u64, src_dev: u64, dst_dev: u64) -> bool {
+    parallel && src_dev != dst_dev && size >= PARALLEL_FROM
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -365,8 +372,7 @@ impl Copy<'_, '_> {
         }
         // The first chunk's verdict holds for the file; a kernel copy that then fails at the
         // start of a chunk falls back to positioned read/write for that chunk.
-        let mut method = self.method;
-        if method == Method::CopyFileRange && job.src_dev == job.dst_dev {
+        if self.method == Method::CopyFileRange && job.src_dev == job.dst_dev {
             if !slow_server_copy(first, started.elapsed()) {
                 // A copy within one server: the server moves the data (NFSv4.2 COPY).
                 // Chunks in parallel only contend for the destination's lock there: 1 GiB
@@ -381,8 +387,7 @@ impl Copy<'_, '_> {
             // (64 KiB) per request on FUSE: parallel chunks of read/write move 1 MiB per
             // request in many streams (1 GiB on latencyfs without server-side copy: 12 s in
             // one stream of copy_file_range).
-            method = Method::ReadWrite;
-            self.method = method;
+            self.method = Method::ReadWrite;
             self.rep.verbose(|| {
                 format!(
                     "{}: copy_file_range within the server moved {first} bytes in {:?}, slower \
@@ -392,20 +397,20 @@ impl Copy<'_, '_> {
                 )
             });
         }
+        let method = self.method;
         // Whatever the first chunk made of the device pair's probe, it is given up now.
         self.probe.take();
         let failed: Mutex<Option<EntryError>> = Mutex::new(None);
         let copied = AtomicU64::new(0);
         let rep = self.rep;
-        // A few runners take chunks in turn (not a task per chunk): as many as the file can
-        // use at once, which on a local disk is not many, since writes to one file take its
-        // inode's lock and more writers only spin on it.
         // The file gets its final size first, so no chunk's write extends it: a remote
         // server may then take several writes to it at once.
         sys::set_len(job.dst, job.size)
             .map_err(|e| EntryError::new("truncate", job.dst_path, e))?;
         let chunks = (job.size - first).div_ceil(PARALLEL_CHUNK);
         let next = AtomicU64::new(0);
+        // A few runners take chunks in turn (not a task per chunk), within the streams left
+        // of MAX_STREAMS.
         let want = (job.chunk_workers as u64).clamp(1, chunks) as usize;
         let streams = Streams::reserve(want);
         rayon::scope(|scope| {
@@ -435,7 +440,7 @@ impl Copy<'_, '_> {
                         let len = PARALLEL_CHUNK.min(job.size - offset);
                         let result = match copy_chunk(&own, method, offset, len, rep) {
                             // Direct I/O wants alignment this chunk's tail lacks: again,
-                            // through the page cache.
+                            // through the file's own descriptors.
                             Err(e) if e.source.raw_os_error() == Some(libc::EINVAL) => {
                                 copy_chunk(job, method, offset, len, rep)
                             }
@@ -726,19 +731,6 @@ fn describe(event: Event) -> String {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn a_server_side_copy_is_told_from_the_kernel_copying_through_the_client() {
-        use std::time::Duration;
-        let chunk = 16 << 20;
-        // 16 MiB in 10 ms: a server copying in memory.
-        assert!(!slow_server_copy(chunk, Duration::from_millis(10)));
-        // 16 MiB in 200 ms: 256 round trips of 64 KiB, as measured on latencyfs.
-        assert!(slow_server_copy(chunk, Duration::from_millis(200)));
-        // The boundary is 128 MiB/s: 125 ms for 16 MiB.
-        assert!(!slow_server_copy(chunk, Duration::from_millis(124)));
-        assert!(slow_server_copy(chunk, Duration::from_millis(126)));
-    }
-
     use super::*;
     use std::os::fd::AsFd;
     use std::os::unix::fs::MetadataExt;
@@ -778,5 +770,18 @@ mod tests {
             "{} blocks allocated",
             meta.blocks()
         );
+    }
+
+    #[test]
+    fn a_server_side_copy_is_told_from_the_kernel_copying_through_the_client() {
+        use std::time::Duration;
+        let chunk = 16 << 20;
+        // 16 MiB in 10 ms: a server copying in memory.
+        assert!(!slow_server_copy(chunk, Duration::from_millis(10)));
+        // 16 MiB in 200 ms: 256 round trips of 64 KiB, as measured on latencyfs.
+        assert!(slow_server_copy(chunk, Duration::from_millis(200)));
+        // The boundary is 128 MiB/s: 125 ms for 16 MiB.
+        assert!(!slow_server_copy(chunk, Duration::from_millis(124)));
+        assert!(slow_server_copy(chunk, Duration::from_millis(126)));
     }
 }

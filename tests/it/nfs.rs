@@ -125,12 +125,15 @@ fn methods(stderr: &str) -> Vec<String> {
 #[test]
 fn large_file_between_two_mounts_moves_as_parallel_chunks() {
     let tmp = tempdir();
-    // The source server's OPENs and the most READs it served at once, for a copy with these
-    // flags.
-    let source_streams = |name: &str, flags: &[&str]| -> Option<(u64, u64)> {
+    // The source server's OPENs and the most READs it served at once, and the most WRITEs
+    // the destination server had in flight at once, for a copy with these flags. Each open
+    // file at the destination is capped like one TCP stream, so that parallel writes overlap
+    // long enough to be counted.
+    let source_streams = |name: &str, flags: &[&str]| -> Option<(u64, u64, u64)> {
         let base = tmp.path().join(name);
         let a = LatencyMount::start(&base, "a", &["--latency-us", "200"]).ok()?;
-        let b = LatencyMount::start(&base, "b", &["--latency-us", "200"]).ok()?;
+        let capped = ["--latency-us", "200", "--stream-bandwidth", "100MiB"];
+        let b = LatencyMount::start(&base, "b", &capped).ok()?;
         write_random_file(&a.back.join("field.grib"), 160 << 20, 0x5eed);
         let mut argv = args!["-v"];
         argv.extend(flags.iter().map(std::ffi::OsString::from));
@@ -144,13 +147,14 @@ fn large_file_between_two_mounts_moves_as_parallel_chunks() {
             "{flags:?}: the copy differs"
         );
         assert_no_temp_files(&b.back);
-        drop(b);
+        let writes = b.finish()["max_writes_in_flight"];
         let stats = a.finish();
-        Some((stats["open"], stats["max_reads_in_flight"]))
+        Some((stats["open"], stats["max_reads_in_flight"], writes))
     };
     skip_unless!(latencyfs_bin());
-    let (opens_one, peak_one) = source_streams("one", &["-j1"]).expect("latencyfs mounts");
-    let (opens_many, peak_many) = source_streams("many", &["-j8"]).expect("latencyfs mounts");
+    let (opens_one, peak_one, _) = source_streams("one", &["-j1"]).expect("latencyfs mounts");
+    let (opens_many, peak_many, writes_many) =
+        source_streams("many", &["-j8"]).expect("latencyfs mounts");
     // 160 MiB: a first chunk of 16 MiB, then 9 chunks taken by min(workers, 9) runners, each
     // reading through an open file of its own.
     assert_eq!(opens_one, 2, "-j1: the copy's open and one runner's");
@@ -158,6 +162,12 @@ fn large_file_between_two_mounts_moves_as_parallel_chunks() {
     assert!(
         peak_many >= peak_one,
         "eight runners had at most {peak_many} READs in flight, one had {peak_one}"
+    );
+    // The temp file is opened for direct I/O like the runners' files: FUSE lets direct
+    // writes to one file overlap only while no descriptor of it uses the page cache.
+    assert!(
+        writes_many >= 4,
+        "eight runners had at most {writes_many} WRITEs in flight: the writes were serialized"
     );
 }
 
