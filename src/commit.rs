@@ -1,15 +1,19 @@
 //! The commit protocol: every entry is created under a unique temp name in its destination
-//! directory and renamed over its final name only once it is complete. Finalising returns a
-//! Result; `Drop` only removes what was not committed, so no failure can leave a half-written
-//! entry under a final name.
+//! directory and renamed over its final name only once it is complete, or, inside a new
+//! directory that is itself still staged under a temp name, created under its final name there
+//! (nothing under the directory's final path can be seen before the directory is renamed).
+//! Finalising returns a Result; `Drop` only removes what was not committed, so no failure can
+//! leave a half-written entry under a final name.
 
 use crate::sys::{self, Kind};
 use nix::errno::Errno;
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::OnceLock;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Every temp name starts with this, followed by `<pid>.<sequence>`, so later runs can tell
 /// leftovers of a killed run from entries of the tree.
@@ -28,11 +32,23 @@ fn next_temp_name() -> CString {
     CString::new(format!("{TEMP_PREFIX}{}.{seq}", pid())).expect("temp names hold no NUL")
 }
 
-/// An entry under its temp name. Commit renames it; dropping it uncommitted removes it.
+/// What an entry is created as.
+#[derive(Clone, Copy)]
+pub enum Naming<'n> {
+    /// A fresh temp name, renamed over the final name on commit.
+    Temp,
+    /// The final name itself, in a directory still staged under a temp name: commit only
+    /// closes it. The name must be free (it is created exclusively).
+    Final(&'n CStr),
+}
+
+/// An entry under its temp name (or under its final name in a staged directory). Commit
+/// renames it (or only closes it); dropping it uncommitted removes it.
 pub struct TempEntry<'d> {
     dir: BorrowedFd<'d>,
     name: CString,
     fd: Option<OwnedFd>,
+    in_place: bool,
     committed: bool,
 }
 
@@ -47,8 +63,19 @@ impl<'d> TempEntry<'d> {
     /// earlier process that had our pid.
     fn create_with(
         dir: BorrowedFd<'d>,
+        naming: Naming<'_>,
         mut make: impl FnMut(&CStr) -> io::Result<Option<OwnedFd>>,
     ) -> io::Result<Self> {
+        if let Naming::Final(name) = naming {
+            let fd = make(name)?;
+            return Ok(TempEntry {
+                dir,
+                name: name.to_owned(),
+                fd,
+                in_place: true,
+                committed: false,
+            });
+        }
         loop {
             let name = next_temp_name();
             match make(&name) {
@@ -57,6 +84,7 @@ impl<'d> TempEntry<'d> {
                         dir,
                         name,
                         fd,
+                        in_place: false,
                         committed: false,
                     });
                 }
@@ -68,28 +96,35 @@ impl<'d> TempEntry<'d> {
 
     /// A new empty regular file (O_CREAT|O_EXCL|O_NOFOLLOW, mode 0600), open for writing;
     /// with `direct`, also O_DIRECT.
-    pub fn file(dir: BorrowedFd<'d>, direct: bool) -> io::Result<Self> {
-        Self::create_with(dir, |name| {
+    pub fn file(dir: BorrowedFd<'d>, naming: Naming<'_>, direct: bool) -> io::Result<Self> {
+        Self::create_with(dir, naming, |name| {
             sys::create_exclusive(dir, name, direct).map(Some)
         })
     }
 
-    pub fn symlink(dir: BorrowedFd<'d>, target: &OsStr) -> io::Result<Self> {
-        Self::create_with(dir, |name| {
+    pub fn symlink(dir: BorrowedFd<'d>, naming: Naming<'_>, target: &OsStr) -> io::Result<Self> {
+        Self::create_with(dir, naming, |name| {
             sys::symlink_at(target, dir, name).map(|()| None)
         })
     }
 
     /// A new name for the existing file at `existing` (a hard link).
-    pub fn hard_link(dir: BorrowedFd<'d>, existing: &std::path::Path) -> io::Result<Self> {
-        Self::create_with(dir, |name| sys::link_at(existing, dir, name).map(|()| None))
+    pub fn hard_link(dir: BorrowedFd<'d>, naming: Naming<'_>, existing: &Path) -> io::Result<Self> {
+        Self::create_with(dir, naming, |name| {
+            sys::link_at(existing, dir, name).map(|()| None)
+        })
     }
 
     /// A FIFO, socket or device node with the type bits of `mode`.
-    pub fn node(dir: BorrowedFd<'d>, mode: u32, rdev: u64) -> io::Result<Self> {
-        Self::create_with(dir, |name| {
+    pub fn node(dir: BorrowedFd<'d>, naming: Naming<'_>, mode: u32, rdev: u64) -> io::Result<Self> {
+        Self::create_with(dir, naming, |name| {
             sys::mknod_at(dir, name, mode, rdev).map(|()| None)
         })
+    }
+
+    /// The entry is under its final name already (in a staged directory).
+    pub fn in_place(&self) -> bool {
+        self.in_place
     }
 
     pub fn fd(&self) -> Option<BorrowedFd<'_>> {
@@ -121,10 +156,12 @@ impl<'d> TempEntry<'d> {
                 source,
             })?;
         }
-        sys::rename_at(self.dir, &self.name, final_name).map_err(|source| CommitError {
-            op: "rename",
-            source,
-        })?;
+        if !self.in_place {
+            sys::rename_at(self.dir, &self.name, final_name).map_err(|source| CommitError {
+                op: "rename",
+                source,
+            })?;
+        }
         self.committed = true;
         Ok(())
     }
@@ -150,26 +187,137 @@ pub fn temp_owner(name: &[u8]) -> Option<i32> {
     std::str::from_utf8(pid).ok()?.parse().ok()
 }
 
-/// Removes temp entries left in `dir` by runs that no longer exist (or by an earlier process
-/// with our own pid: this run has not created anything in `dir` yet). A live other run's temp
-/// files are left alone. Returns the names removed.
-pub fn remove_stale(dir: BorrowedFd<'_>, listing: &[(CString, Option<Kind>)]) -> Vec<CString> {
-    let me = pid() as i32;
-    let mut removed = Vec::new();
-    for (name, kind) in listing {
-        if matches!(kind, Some(Kind::Dir)) {
-            continue;
+/// Creates a new directory (mode 0700) under a fresh temp name in `dir`, returning the name.
+/// Its contents are then created under their final names, and the directory is renamed to its
+/// own final name once they are complete (see `Location`).
+pub fn staged_dir(dir: BorrowedFd<'_>) -> io::Result<CString> {
+    loop {
+        let name = next_temp_name();
+        match sys::mkdir_at(dir, &name, 0o700) {
+            Ok(()) => return Ok(name),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
+            Err(e) => return Err(e),
         }
+    }
+}
+
+/// Where a destination directory is on disk. Messages name its final path; a hard link to a
+/// file inside needs where it is now, which differs while it (or an ancestor) is still staged
+/// under a temp name.
+pub struct Location {
+    parent: Option<Arc<Location>>,
+    path: PathBuf,
+    /// The temp name the directory has until it is published.
+    staged: Mutex<Option<CString>>,
+}
+
+impl Location {
+    pub fn root(path: &Path) -> Arc<Self> {
+        Arc::new(Location {
+            parent: None,
+            path: path.to_path_buf(),
+            staged: Mutex::new(None),
+        })
+    }
+
+    pub fn child(parent: &Arc<Location>, name: &CStr, staged: Option<CString>) -> Arc<Self> {
+        Arc::new(Location {
+            parent: Some(Arc::clone(parent)),
+            path: parent.path.join(OsStr::from_bytes(name.to_bytes())),
+            staged: Mutex::new(staged),
+        })
+    }
+
+    /// The final path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The path it has now.
+    pub fn current(&self) -> PathBuf {
+        let Some(parent) = &self.parent else {
+            return self.path.clone();
+        };
+        let staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
+        let name = match &*staged {
+            Some(temp) => OsStr::from_bytes(temp.to_bytes()),
+            None => self.path.file_name().unwrap_or_default(),
+        };
+        parent.current().join(name)
+    }
+
+    /// Renames the staged directory to its final name in `parent_dir` (its parent's handle).
+    /// Readers of `current` wait for the rename, so they never see the old name after it.
+    pub fn publish(&self, parent_dir: BorrowedFd<'_>) -> io::Result<()> {
+        let mut staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
+        let (Some(temp), Some(name)) = (&*staged, self.path.file_name()) else {
+            return Ok(());
+        };
+        sys::rename_at(parent_dir, temp, &sys::cstring(name)?)?;
+        *staged = None;
+        Ok(())
+    }
+}
+
+/// Runs `op` on the current path of `name` in `dir`, again if it failed with ENOENT because a
+/// staged ancestor was published meanwhile (each is renamed once, so this ends).
+pub fn at_current<T>(
+    dir: &Location,
+    name: &CStr,
+    op: impl Fn(&Path) -> io::Result<T>,
+) -> io::Result<T> {
+    let mut path = dir.current().join(OsStr::from_bytes(name.to_bytes()));
+    loop {
+        match op(&path) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                let now = dir.current().join(OsStr::from_bytes(name.to_bytes()));
+                if now == path {
+                    return Err(e);
+                }
+                path = now;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// What a destination directory's listing holds of killed runs.
+#[derive(Default)]
+pub struct Stale {
+    /// Temp files, symlinks and nodes, removed.
+    pub removed: Vec<CString>,
+    /// Staged directories, for the caller to remove with their contents.
+    pub dirs: Vec<CString>,
+}
+
+/// Removes temp entries left in `dir` by runs that no longer exist (or by an earlier process
+/// with our own pid: this run has not created anything in `dir` yet), and names their staged
+/// directories. A live other run's temp entries are left alone.
+pub fn remove_stale(dir: BorrowedFd<'_>, listing: &[(CString, Option<Kind>)]) -> Stale {
+    let me = pid() as i32;
+    let mut stale = Stale::default();
+    for (name, kind) in listing {
         let Some(pid) = temp_owner(name.to_bytes()) else {
             continue;
         };
-        if (pid == me || !sys::process_alive(pid))
-            && !matches!(sys::unlink_at(dir, name), Err(e) if e.raw_os_error() != Some(Errno::ENOENT as i32))
-        {
-            removed.push(name.clone());
+        if pid != me && sys::process_alive(pid) {
+            continue;
+        }
+        if matches!(kind, Some(Kind::Dir)) {
+            stale.dirs.push(name.clone());
+            continue;
+        }
+        match sys::unlink_at(dir, name) {
+            Ok(()) => stale.removed.push(name.clone()),
+            Err(e) if e.raw_os_error() == Some(Errno::ENOENT as i32) => {
+                stale.removed.push(name.clone())
+            }
+            // A filesystem without d_type: the listing did not say it is a directory.
+            Err(e) if e.raw_os_error() == Some(libc::EISDIR) => stale.dirs.push(name.clone()),
+            Err(_) => {}
         }
     }
-    removed
+    stale
 }
 
 #[cfg(test)]
@@ -186,5 +334,66 @@ mod tests {
         assert_eq!(temp_owner(b".treecopy-tmp.12.x"), None);
         assert_eq!(temp_owner(b"treecopy-tmp.12.1"), None);
         assert_eq!(temp_owner(b"data.grib"), None);
+    }
+
+    #[test]
+    fn a_path_into_a_staged_directory_follows_its_publication() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root_fd = sys::open_dir_path(tmp.path()).unwrap();
+        let root = Location::root(tmp.path());
+        let temp = staged_dir(root_fd.as_fd()).unwrap();
+        let loc = Location::child(&root, c"fields", Some(temp.clone()));
+        assert_eq!(loc.path(), tmp.path().join("fields"));
+        assert_eq!(
+            loc.current(),
+            tmp.path().join(OsStr::from_bytes(temp.to_bytes()))
+        );
+        let dir = sys::open_dir(root_fd.as_fd(), temp.as_c_str()).unwrap();
+        let file = TempEntry::file(dir.as_fd(), Naming::Final(c"a.grib"), false).unwrap();
+        assert!(file.in_place());
+        file.commit(c"a.grib", false).map_err(|e| e.source).unwrap();
+        // The directory is published between the path's resolution and its use: the
+        // operation fails on the old path and is retried on the new one.
+        let calls = std::cell::Cell::new(0);
+        let st = at_current(&loc, c"a.grib", |path| {
+            calls.set(calls.get() + 1);
+            if calls.get() == 1 {
+                loc.publish(root_fd.as_fd())?;
+            }
+            sys::lstat_long(path)
+        })
+        .unwrap();
+        assert_eq!(calls.get(), 2);
+        assert_eq!(st.kind(), Kind::File);
+        assert_eq!(loc.current(), tmp.path().join("fields"));
+        assert!(tmp.path().join("fields/a.grib").exists());
+        // A name that is really missing fails once the path stops changing.
+        let missing = at_current(&loc, c"b.grib", sys::lstat_long);
+        assert_eq!(
+            missing.err().and_then(|e| e.raw_os_error()),
+            Some(libc::ENOENT)
+        );
+    }
+
+    #[test]
+    fn an_uncommitted_entry_under_its_final_name_is_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = sys::open_dir_path(tmp.path()).unwrap();
+        let file = TempEntry::file(dir.as_fd(), Naming::Final(c"half.grib"), false).unwrap();
+        assert!(tmp.path().join("half.grib").exists());
+        drop(file);
+        assert!(!tmp.path().join("half.grib").exists());
+        // The final name is created exclusively: what is there is never written through.
+        fs_write(&tmp.path().join("taken"));
+        let taken = TempEntry::file(dir.as_fd(), Naming::Final(c"taken"), false);
+        assert_eq!(
+            taken.err().and_then(|e| e.raw_os_error()),
+            Some(libc::EEXIST)
+        );
+        assert!(tmp.path().join("taken").exists());
+    }
+
+    fn fs_write(path: &Path) {
+        std::fs::write(path, b"x").unwrap();
     }
 }

@@ -4,7 +4,9 @@
 //! destination's extraneous entries are removed with --delete, per-entry outcomes are
 //! reported and counted, and each directory's metadata is applied when its subtree is done.
 
-use crate::commit::{CommitError, TempEntry, remove_stale, temp_owner};
+use crate::commit::{
+    CommitError, Location, Naming, TempEntry, at_current, remove_stale, staged_dir, temp_owner,
+};
 use crate::config::{Config, Reflink};
 use crate::copy::{self, DeviceCache};
 use crate::delete::{Doomed, Removal, Stop};
@@ -38,7 +40,11 @@ struct DirPair<'e> {
     rel: PathBuf,
     /// None only in a dry run, for a destination directory that does not exist yet.
     dst: Option<OwnedFd>,
-    dst_path: PathBuf,
+    /// Its final path, and where it is while it is staged.
+    dst_loc: Arc<Location>,
+    /// The destination directory is new and staged under a temp name while this directory's
+    /// entries are copied: they are created under their final names, with no rename each.
+    hidden: bool,
     dst_dev: u64,
     /// The source directory's metadata, to apply on completion; None for the destination
     /// directory of a single-file copy, which is not ours to change.
@@ -74,7 +80,7 @@ impl DirPair<'_> {
     }
 
     fn dst_path(&self, name: &CStr) -> PathBuf {
-        self.dst_path.join(OsStr::from_bytes(name.to_bytes()))
+        self.dst_loc.path().join(OsStr::from_bytes(name.to_bytes()))
     }
 
     fn rel(&self, name: &CStr) -> PathBuf {
@@ -119,9 +125,9 @@ impl DirPair<'_> {
                         .map(Some)
                 };
                 match result {
-                    Ok(Some(applied)) => engine.note(applied, self.dst_dev, &self.dst_path),
+                    Ok(Some(applied)) => engine.note(applied, self.dst_dev, self.dst_loc.path()),
                     Ok(None) => {}
-                    Err(e) => engine.rep.failed(&meta_error(e, &self.dst_path)),
+                    Err(e) => engine.rep.failed(&meta_error(e, self.dst_loc.path())),
                 }
             }
         }
@@ -132,7 +138,7 @@ impl DirPair<'_> {
         {
             engine
                 .rep
-                .failed(&EntryError::new("fsync", &self.dst_path, e));
+                .failed(&EntryError::new("fsync", self.dst_loc.path(), e));
         }
     }
 }
@@ -151,6 +157,44 @@ impl Drop for DirPair<'_> {
     }
 }
 
+/// Publishes a staged directory: renames it from its temp name to its final name in its
+/// parent when the last of its entry tasks drops this. It holds the parent, whose metadata
+/// is therefore applied after the rename.
+struct Publish<'e> {
+    parent: Arc<DirPair<'e>>,
+    loc: Arc<Location>,
+}
+
+impl Drop for Publish<'_> {
+    fn drop(&mut self) {
+        let Some(pdst) = self.parent.dst() else {
+            return;
+        };
+        let rep = &self.parent.engine.rep;
+        match self.loc.publish(pdst) {
+            Ok(()) => rep.verbose(|| format!("published directory {}", self.loc.path().display())),
+            Err(e) => rep.failed(&EntryError::new("rename", self.loc.path(), e)),
+        }
+    }
+}
+
+/// Where a hard-link group's first name was committed: by its directory's location, which
+/// changes when a staged directory is published.
+#[derive(Clone)]
+struct LinkTarget {
+    dir: Arc<Location>,
+    name: CString,
+}
+
+impl LinkTarget {
+    /// The final path, for messages.
+    fn path(&self) -> PathBuf {
+        self.dir
+            .path()
+            .join(OsStr::from_bytes(self.name.to_bytes()))
+    }
+}
+
 /// What the destination directory's listing says about a name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Hint {
@@ -164,7 +208,7 @@ pub struct Engine {
     rep: Reporter,
     cache: DeviceCache,
     meta: Preserver,
-    links: HardLinks,
+    links: HardLinks<LinkTarget>,
     opts: Options,
     filter: Filter,
     /// Serialises file creation on local destinations. There, creating is CPU work in the
@@ -340,7 +384,8 @@ impl Engine {
             src_path: src.to_path_buf(),
             rel: PathBuf::new(),
             dst: dst_fd,
-            dst_path: dst.to_path_buf(),
+            dst_loc: Location::root(dst),
+            hidden: false,
             dst_dev,
             meta: Some(src_stat),
             existed: dst_exists,
@@ -355,7 +400,7 @@ impl Engine {
             engine: self,
             finished: false,
         });
-        pool.scope(|scope| self.copy_dir(scope, root, dst_exists));
+        pool.scope(|scope| self.copy_dir(scope, root, dst_exists, None));
         Ok(())
     }
 
@@ -386,7 +431,8 @@ impl Engine {
             src_path: src_dir.to_path_buf(),
             rel: PathBuf::new(),
             dst: Some(dst_fd),
-            dst_path: dst_dir.to_path_buf(),
+            dst_loc: Location::root(dst_dir),
+            hidden: false,
             dst_dev,
             meta: None,
             existed: true,
@@ -484,7 +530,17 @@ impl Engine {
     /// first: the worker takes its newest tasks (this directory's files) itself, while idle
     /// workers steal the oldest (the subdirectories) and list them in parallel. Extraneous
     /// destination entries are removed (--delete) before the entries are copied.
-    fn copy_dir<'s>(&'s self, scope: &rayon::Scope<'s>, dir: Arc<DirPair<'s>>, dst_existed: bool) {
+    ///
+    /// `publish`, for a directory staged under a temp name, renames it to its final name when
+    /// dropped: each entry task holds it, so the directory appears once its own entries are
+    /// complete (or failed, or interrupted); its subdirectories are staged in turn.
+    fn copy_dir<'s>(
+        &'s self,
+        scope: &rayon::Scope<'s>,
+        dir: Arc<DirPair<'s>>,
+        dst_existed: bool,
+        publish: Option<Arc<Publish<'s>>>,
+    ) {
         if crate::signal::received().is_some() || dir.boundary {
             return;
         }
@@ -547,7 +603,9 @@ impl Engine {
         self.rep.found_entries(others.len() as u64);
         for (name, kind, hint) in others {
             let dir = Arc::clone(&dir);
+            let publish = publish.clone();
             scope.spawn(move |_| {
+                let _publish = publish;
                 if crate::signal::received().is_some() {
                     return;
                 }
@@ -570,15 +628,19 @@ impl Engine {
             Err(e) => {
                 self.rep.warn(&format!(
                     "read directory {}: {e}; leftover temp files there are not cleaned",
-                    dir.dst_path.display()
+                    dir.dst_loc.path().display()
                 ));
                 return None;
             }
         };
         if !self.opts.dry_run {
-            for name in remove_stale(dst, &listing) {
+            let stale = remove_stale(dst, &listing);
+            for name in stale.removed {
                 self.rep
                     .verbose(|| format!("removed leftover {}", dir.dst_path(&name).display()));
+            }
+            for name in stale.dirs {
+                self.remove_staged_leftover(dst, &name, &dir.dst_path(&name));
             }
         }
         Some(
@@ -590,6 +652,27 @@ impl Engine {
                 })
                 .collect(),
         )
+    }
+
+    /// Removes a directory a killed run left staged under a temp name, with its contents: they
+    /// were never under a final path, so they are neither itemized nor counted as deletions.
+    fn remove_staged_leftover(&self, dst: BorrowedFd<'_>, name: &CStr, path: &Path) {
+        let removal = Removal {
+            dry_run: false,
+            root: self.meta.root,
+            visit: &|_| true,
+            protect: self.roots.get().map(|(src, _)| *src),
+        };
+        match removal.remove(dst, name, Path::new(""), path) {
+            Ok(()) => self
+                .rep
+                .verbose(|| format!("removed leftover {}", path.display())),
+            Err(Stop::Failed(e)) => {
+                self.rep
+                    .warn(&format!("leftover {} not removed: {}", path.display(), e))
+            }
+            Err(Stop::Budget) => {}
+        }
     }
 
     /// Removes what the destination directory holds that the source does not (--delete):
@@ -683,7 +766,13 @@ impl Engine {
             Ok(pair) => {
                 self.rep.done_dir();
                 let existed = pair.existed;
-                self.copy_dir(scope, Arc::new(pair), existed);
+                let publish = pair.hidden.then(|| {
+                    Arc::new(Publish {
+                        parent: Arc::clone(parent),
+                        loc: Arc::clone(&pair.dst_loc),
+                    })
+                });
+                self.copy_dir(scope, Arc::new(pair), existed, publish);
             }
             Err(err) => self.report(Err(err)),
         }
@@ -721,15 +810,13 @@ impl Engine {
         let dry_run = self.opts.dry_run;
         let mut existed = false;
         let mut dst = None;
+        // A new directory is created under a temp name and renamed once its entries are
+        // complete (see `Publish`).
+        let mut staged = None;
         if let Some(pdst) = parent.dst() {
-            let created = hint == Hint::Absent
-                && !dry_run
-                && match sys::mkdir_at(pdst, name, 0o700) {
-                    Ok(()) => true,
-                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => false,
-                    Err(e) => return Err(EntryError::new("create directory", &dst_path, e)),
-                };
-            if !created {
+            if hint == Hint::Absent && !dry_run {
+                staged = Some(staged_dir(pdst).ctx("create directory", &dst_path)?);
+            } else {
                 match sys::lstat_at(pdst, name) {
                     Ok(st) if st.kind() == Kind::Dir => existed = true,
                     Ok(_) if self.opts.delete => {
@@ -750,11 +837,20 @@ impl Engine {
                     Err(e) => return Err(EntryError::new("stat", &dst_path, e)),
                 }
                 if !existed && !dry_run {
-                    sys::mkdir_at(pdst, name, 0o700).ctx("create directory", &dst_path)?;
+                    staged = Some(staged_dir(pdst).ctx("create directory", &dst_path)?);
                 }
             }
             if existed || !dry_run {
-                dst = Some(sys::open_dir(pdst, name).ctx("open directory", &dst_path)?);
+                let at = staged.as_deref().unwrap_or(name);
+                match sys::open_dir(pdst, at) {
+                    Ok(fd) => dst = Some(fd),
+                    Err(e) => {
+                        if staged.is_some() {
+                            let _ = sys::rmdir_at(pdst, at);
+                        }
+                        return Err(EntryError::new("open directory", &dst_path, e));
+                    }
+                }
             }
         }
         let mut pre_diff = MetaDiff::default();
@@ -795,12 +891,14 @@ impl Engine {
         } else {
             sys::is_remote_fs(src.as_fd())
         };
+        let hidden = staged.is_some();
         Ok(DirPair {
             src,
             src_path,
             rel,
             dst,
-            dst_path,
+            dst_loc: Location::child(&parent.dst_loc, name, staged),
+            hidden,
             dst_dev,
             meta: Some(src_stat),
             existed,
@@ -855,7 +953,7 @@ impl Engine {
         at: &At,
         st: &Stat,
         old: Option<Stat>,
-        first: &mut Option<First<'_>>,
+        first: &mut Option<First<'_, LinkTarget>>,
         same_content: impl FnOnce() -> EntryResult<bool>,
     ) -> EntryResult<Option<Write>> {
         let Some(old) = old else {
@@ -876,7 +974,7 @@ impl Engine {
             Verdict::Kept => {
                 self.rep.skipped(file_size(st));
                 if let Some(first) = first.take() {
-                    first.committed(&at.dst_path());
+                    first.committed(at.target());
                 }
                 return Ok(None);
             }
@@ -923,7 +1021,7 @@ impl Engine {
             self.rep.skipped(file_size(st));
         }
         if let Some(first) = first.take() {
-            first.committed(&at.dst_path());
+            first.committed(at.target());
         }
         Ok(None)
     }
@@ -1003,7 +1101,7 @@ impl Engine {
             self.rep.itemize(change, st.mode, &at.rel(), None);
             self.rep.done_file(st.size);
             if let Some(first) = first {
-                first.committed(&at.dst_path());
+                first.committed(at.target());
             }
             return Ok(());
         }
@@ -1018,7 +1116,7 @@ impl Engine {
         };
         let bytes = self.write_file(at, &src, &st)?;
         if let Some(first) = first {
-            first.committed(&at.dst_path());
+            first.committed(at.target());
         }
         self.rep.itemize(change, st.mode, &at.rel(), None);
         self.rep.done_file(bytes);
@@ -1068,7 +1166,7 @@ impl Engine {
             && sys::direct_io_any_alignment(dst_dir);
         let temp = {
             let _one_at_a_time = dir.local_dst.then(|| lock(&self.create_lock));
-            TempEntry::file(dst_dir, direct).ctx("create temp file for", dst_path)?
+            TempEntry::file(dst_dir, at.naming(), direct).ctx("create temp file for", dst_path)?
         };
         let temp_fd = temp.fd().expect("a temp file is open");
         // Asked before the data changes the file, while a network client still holds the
@@ -1158,6 +1256,7 @@ impl Engine {
                 if old.is_some() && self.opts.policy.ignore_existing {
                     self.rep.skipped(0);
                 } else if self.link_file(at, &existing, old)? {
+                    let existing = existing.path();
                     let target = self
                         .dst_root
                         .get()
@@ -1185,8 +1284,10 @@ impl Engine {
 
     /// Gives the name the inode already committed at `existing`, atomically replacing what
     /// was there. Returns false if it already is that inode (a run over a complete copy).
-    fn link_file(&self, at: &At, existing: &Path, old: Option<&Stat>) -> EntryResult<bool> {
-        if let (Some(old), Ok(target)) = (old, sys::lstat_long(existing))
+    fn link_file(&self, at: &At, existing: &LinkTarget, old: Option<&Stat>) -> EntryResult<bool> {
+        let (from_dir, from_name) = (&existing.dir, &existing.name);
+        if let Some(old) = old
+            && let Ok(target) = at_current(from_dir, from_name, sys::lstat_long)
             && (target.dev, target.ino) == (old.dev, old.ino)
         {
             return Ok(false);
@@ -1201,7 +1302,10 @@ impl Engine {
             .dir
             .dst()
             .expect("a real run has its destination directory");
-        let temp = TempEntry::hard_link(dst, existing).ctx("link", &at.dst_path())?;
+        let temp = at_current(from_dir, from_name, |path| {
+            TempEntry::hard_link(dst, at.naming(), path)
+        })
+        .ctx("link", &at.dst_path())?;
         self.commit(temp, at.dst_name, at.dir, &at.dst_path())?;
         Ok(true)
     }
@@ -1213,7 +1317,8 @@ impl Engine {
         dir: &DirPair,
         dst_path: &Path,
     ) -> EntryResult<()> {
-        let temp_path = self.rep.is_verbose().then(|| dir.dst_path(temp.name()));
+        let temp_path =
+            (self.rep.is_verbose() && !temp.in_place()).then(|| dir.dst_path(temp.name()));
         temp.commit(name, self.opts.fsync)
             .map_err(|CommitError { op, source }| EntryError::new(op, dst_path, source))?;
         if let Some(temp_path) = temp_path {
@@ -1261,7 +1366,8 @@ impl Engine {
         let shown = Some((" -> ", target.as_bytes()));
         if !self.opts.dry_run {
             let dst = dir.dst().expect("a real run has its destination directory");
-            let temp = TempEntry::symlink(dst, &target).ctx("create symlink", &at.dst_path())?;
+            let temp = TempEntry::symlink(dst, at.naming(), &target)
+                .ctx("create symlink", &at.dst_path())?;
             let applied = self
                 .meta
                 .apply_symlink(
@@ -1275,7 +1381,7 @@ impl Engine {
             self.commit(temp, at.dst_name, dir, &at.dst_path())?;
         }
         if let Some(first) = first {
-            first.committed(&at.dst_path());
+            first.committed(at.target());
         }
         self.rep.itemize(change, st.mode, &at.rel(), shown);
         self.rep.done_symlink();
@@ -1297,7 +1403,8 @@ impl Engine {
         let change = self.written(&how, &st);
         if !self.opts.dry_run {
             let dst = dir.dst().expect("a real run has its destination directory");
-            let temp = TempEntry::node(dst, st.mode, st.rdev).ctx("mknod", &at.dst_path())?;
+            let temp =
+                TempEntry::node(dst, at.naming(), st.mode, st.rdev).ctx("mknod", &at.dst_path())?;
             let applied = self
                 .meta
                 .apply_node(
@@ -1312,7 +1419,7 @@ impl Engine {
             self.commit(temp, at.dst_name, dir, &at.dst_path())?;
         }
         if let Some(first) = first {
-            first.committed(&at.dst_path());
+            first.committed(at.target());
         }
         self.rep.itemize(change, st.mode, &at.rel(), None);
         self.rep.done_special();
@@ -1341,6 +1448,24 @@ impl At<'_, '_> {
     fn rel(&self) -> PathBuf {
         self.dir.rel(self.dst_name)
     }
+
+    /// What the entry is created as: under its final name in a staged directory, else under a
+    /// temp name.
+    fn naming(&self) -> Naming<'_> {
+        if self.dir.hidden {
+            Naming::Final(self.dst_name)
+        } else {
+            Naming::Temp
+        }
+    }
+
+    /// Where the entry is, for later names of its hard-link group.
+    fn target(&self) -> LinkTarget {
+        LinkTarget {
+            dir: Arc::clone(&self.dir.dst_loc),
+            name: self.dst_name.to_owned(),
+        }
+    }
 }
 
 /// What to do with a name that may share its inode with others.
@@ -1348,7 +1473,7 @@ enum LinkStep<'a> {
     /// Linked to the group's copy (or already was): done.
     Done,
     /// Copy it; with the group's duty when it has other names.
-    Copy(Option<First<'a>>),
+    Copy(Option<First<'a, LinkTarget>>),
 }
 
 fn file_size(st: &Stat) -> u64 {

@@ -102,6 +102,11 @@ pub struct LatencyFs {
     root: Vec<u8>,
     s: Settings,
     table: Mutex<InodeTable>,
+    /// Held shared by every request while it resolves its backing path and acts on it, and
+    /// exclusively by a rename while it renames and updates the table: a passthrough names
+    /// files by path, so a directory renamed between the two steps would make a request on
+    /// something below it fail with ENOENT, which an NFS server (file handles) never does.
+    paths: RwLock<()>,
     files: RwLock<HashMap<u64, Arc<OpenFile>>>,
     dirs: RwLock<HashMap<u64, Arc<DirHandle>>>,
     next_fh: AtomicU64,
@@ -130,6 +135,7 @@ impl LatencyFs {
             root,
             s: settings,
             table: Mutex::new(InodeTable::new(key_of(&st))),
+            paths: RwLock::new(()),
             files: RwLock::new(HashMap::new()),
             dirs: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -140,34 +146,43 @@ impl LatencyFs {
 
     /// Counts the request and notes when its reply is due: one round trip from now. The
     /// caller then handles it at once and passes the reply to `answer`.
-    fn begin(&self, op: Op) -> Call {
+    fn begin(&self, op: Op) -> Call<'_> {
+        let mut call = self.begin_renaming(op);
+        call._paths = Some(self.paths.read().unwrap_or_else(|e| e.into_inner()));
+        call
+    }
+
+    /// `begin` for a rename, which takes `paths` exclusively itself.
+    fn begin_renaming(&self, op: Op) -> Call<'_> {
         self.stats.count(op);
         let arrived = Instant::now();
         Call {
             arrived,
             due: pacing::round_trip_done(arrived, self.s.latency),
+            _paths: None,
         }
     }
 
     /// Counts a request that is answered without emulated latency.
-    fn begin_undelayed(&self, op: Op) -> Call {
+    fn begin_undelayed(&self, op: Op) -> Call<'_> {
         self.stats.count(op);
         Call {
             arrived: Instant::now(),
             due: None,
+            _paths: Some(self.paths.read().unwrap_or_else(|e| e.into_inner())),
         }
     }
 
     /// Sends a prepared reply when the call is due: inline when it is already, else
     /// from the reply queue's timer thread, so no session thread ever sleeps.
-    fn answer(&self, call: Call, send: impl FnOnce() + Send + 'static) {
+    fn answer(&self, call: Call<'_>, send: impl FnOnce() + Send + 'static) {
         match call.due {
             None => send(),
             Some(due) => self.replies.send_at(due, Box::new(send)),
         }
     }
 
-    fn reply_entry(&self, call: Call, reply: ReplyEntry, r: SysResult<FileAttr>) {
+    fn reply_entry(&self, call: Call<'_>, reply: ReplyEntry, r: SysResult<FileAttr>) {
         let ttl = self.s.ttl;
         self.answer(call, move || match r {
             Ok(attr) => reply.entry(&ttl, &attr, Generation(0)),
@@ -175,7 +190,7 @@ impl LatencyFs {
         });
     }
 
-    fn reply_attr(&self, call: Call, reply: ReplyAttr, r: SysResult<FileAttr>) {
+    fn reply_attr(&self, call: Call<'_>, reply: ReplyAttr, r: SysResult<FileAttr>) {
         let ttl = self.s.ttl;
         self.answer(call, move || match r {
             Ok(attr) => reply.attr(&ttl, &attr),
@@ -183,14 +198,14 @@ impl LatencyFs {
         });
     }
 
-    fn reply_empty(&self, call: Call, reply: ReplyEmpty, r: SysResult<()>) {
+    fn reply_empty(&self, call: Call<'_>, reply: ReplyEmpty, r: SysResult<()>) {
         self.answer(call, move || match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         });
     }
 
-    fn reply_open(&self, call: Call, reply: ReplyOpen, flags: i32, r: SysResult<u64>) {
+    fn reply_open(&self, call: Call<'_>, reply: ReplyOpen, flags: i32, r: SysResult<u64>) {
         let open_flags = open_reply_flags(flags);
         self.answer(call, move || match r {
             // No FOPEN_KEEP_CACHE: cached pages are dropped at open, so a reader sees what
@@ -200,7 +215,7 @@ impl LatencyFs {
         });
     }
 
-    fn reply_xattr(&self, call: Call, reply: ReplyXattr, size: u32, r: SysResult<Vec<u8>>) {
+    fn reply_xattr(&self, call: Call<'_>, reply: ReplyXattr, size: u32, r: SysResult<Vec<u8>>) {
         self.answer(call, move || match r {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) => reply.data(&v),
@@ -642,13 +657,15 @@ fn backing_open_flags(flags: i32) -> i32 {
 }
 
 /// One request's timing: when it arrived and when its reply is due.
-struct Call {
+struct Call<'a> {
     arrived: Instant,
     /// None: answer at once (no latency, or a request that is not delayed).
     due: Option<Instant>,
+    /// Released once the request is handled, before its reply waits out the latency.
+    _paths: Option<std::sync::RwLockReadGuard<'a, ()>>,
 }
 
-impl Call {
+impl Call<'_> {
     /// Pushes the deadline back until `bytes` of data have crossed the open file's
     /// emulated wire (--stream-bandwidth), which they start to do when the request has
     /// reached the "server".
@@ -872,8 +889,9 @@ impl Filesystem for LatencyFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let call = self.begin(Op::Rename);
+        let call = self.begin_renaming(Op::Rename);
         let r = (|| {
+            let _exclusive = self.paths.write().unwrap_or_else(|e| e.into_inner());
             let from = self.child_rel(parent, name)?;
             let to = self.child_rel(newparent, newname)?;
             self.fault(Op::Rename, &from)?;

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::fs;
 use std::hash::{DefaultHasher, Hasher};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, symlink};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -249,8 +250,11 @@ fn assert_final_names_complete(src: &Path, dst: &Path) {
     }
     let mut bad = Vec::new();
     for (rel, m) in entries(dst) {
-        let name = rel.file_name().unwrap().to_string_lossy();
-        if !m.is_file() || rel == Path::new(LOCK) || name.starts_with(TMP_PREFIX) {
+        // A staged directory's contents are under its temp name, not under a final path.
+        let staged = rel
+            .iter()
+            .any(|part| part.as_bytes().starts_with(TMP_PREFIX.as_bytes()));
+        if !m.is_file() || rel == Path::new(LOCK) || staged {
             continue;
         }
         match first_difference(&src.join(&rel), &dst.join(&rel)) {

@@ -175,3 +175,78 @@ fn concurrent_reader_never_sees_partial_final_file() {
         "copy differs from source"
     );
 }
+
+/// A new directory is filled under a temp name and appears under its final name only with
+/// every file in it complete: a reader polling it sees nothing, or all of it.
+#[test]
+fn new_directory_appears_only_with_its_files_complete() {
+    let tmp = tempdir();
+    let src = tmp.path().join("src");
+    let sub = src.join("fields");
+    fs::create_dir_all(&sub).unwrap();
+    write_big_file(&sub.join("big.bin"), BIG, 0xD1);
+    for i in 0..20 {
+        write_random_file(&sub.join(format!("small{i:02}")), 4096, i);
+    }
+    let dst = tmp.path().join("dst");
+    let final_dir = dst.join("fields");
+    let mut child = Command::new(bin())
+        .args(["-j2".as_ref(), src.as_os_str(), dst.as_os_str()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn treecopy");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut polls, mut saw_staged) = (0u64, false);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        polls += 1;
+        if let Ok(rd) = fs::read_dir(&final_dir) {
+            let mut seen: Vec<(String, u64)> = rd
+                .flatten()
+                .map(|e| {
+                    let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+                    (e.file_name().to_string_lossy().into_owned(), len)
+                })
+                .collect();
+            seen.sort();
+            let complete = seen.len() == 21
+                && seen
+                    .iter()
+                    .all(|(name, len)| *len == if name == "big.bin" { BIG } else { 4096 });
+            if !complete {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "{} visible with {seen:?} after {polls} polls",
+                    final_dir.display()
+                );
+            }
+        }
+        if !saw_staged && let Ok(rd) = fs::read_dir(&dst) {
+            saw_staged = rd.flatten().any(|e| {
+                e.file_name().as_bytes().starts_with(TMP_PREFIX.as_bytes())
+                    && e.file_type().is_ok_and(|t| t.is_dir())
+            });
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("copy of 1 GiB still running after 120 s");
+        }
+    };
+    assert_eq!(status.code(), Some(0), "copy failed: {status}");
+    assert!(polls > 10, "copy too quick to observe ({polls} polls)");
+    assert!(
+        saw_staged,
+        "no staged `{TMP_PREFIX}` directory seen in {polls} polls"
+    );
+    assert_no_temp_files(&dst);
+    assert_eq!(
+        first_difference(&sub.join("big.bin"), &final_dir.join("big.bin")).unwrap(),
+        None
+    );
+}

@@ -705,9 +705,13 @@ pub fn assert_present_files_complete(src: &Path, dst: &Path) -> usize {
         for e in rd.flatten() {
             let r = rel.join(e.file_name());
             let ft = e.file_type().unwrap();
+            let temp = e.file_name().as_bytes().starts_with(TMP_PREFIX.as_bytes());
             if ft.is_dir() {
-                stack.push(r);
-            } else if ft.is_file() && !e.file_name().as_bytes().starts_with(TMP_PREFIX.as_bytes()) {
+                // A staged directory's contents are not under final paths.
+                if !temp {
+                    stack.push(r);
+                }
+            } else if ft.is_file() && !temp {
                 match first_difference(&src.join(&r), &dst.join(&r)) {
                     Ok(None) => complete += 1,
                     Ok(Some(off)) => bad.push(format!(
