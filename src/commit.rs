@@ -94,11 +94,16 @@ impl<'d> TempEntry<'d> {
         }
     }
 
-    /// A new empty regular file (O_CREAT|O_EXCL|O_NOFOLLOW, mode 0600), open for writing;
-    /// with `direct`, also O_DIRECT.
-    pub fn file(dir: BorrowedFd<'d>, naming: Naming<'_>, direct: bool) -> io::Result<Self> {
+    /// A new empty regular file (O_CREAT|O_EXCL|O_NOFOLLOW, with `mode` under the umask),
+    /// open for writing; with `direct`, also O_DIRECT.
+    pub fn file(
+        dir: BorrowedFd<'d>,
+        naming: Naming<'_>,
+        mode: u32,
+        direct: bool,
+    ) -> io::Result<Self> {
         Self::create_with(dir, naming, |name| {
-            sys::create_exclusive(dir, name, direct).map(Some)
+            sys::create_exclusive(dir, name, mode, direct).map(Some)
         })
     }
 
@@ -349,7 +354,7 @@ mod tests {
             tmp.path().join(OsStr::from_bytes(temp.to_bytes()))
         );
         let dir = sys::open_dir(root_fd.as_fd(), temp.as_c_str()).unwrap();
-        let file = TempEntry::file(dir.as_fd(), Naming::Final(c"a.grib"), false).unwrap();
+        let file = TempEntry::file(dir.as_fd(), Naming::Final(c"a.grib"), 0o600, false).unwrap();
         assert!(file.in_place());
         file.commit(c"a.grib", false).map_err(|e| e.source).unwrap();
         // The directory is published between the path's resolution and its use: the
@@ -379,13 +384,13 @@ mod tests {
     fn an_uncommitted_entry_under_its_final_name_is_removed() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = sys::open_dir_path(tmp.path()).unwrap();
-        let file = TempEntry::file(dir.as_fd(), Naming::Final(c"half.grib"), false).unwrap();
+        let file = TempEntry::file(dir.as_fd(), Naming::Final(c"half.grib"), 0o600, false).unwrap();
         assert!(tmp.path().join("half.grib").exists());
         drop(file);
         assert!(!tmp.path().join("half.grib").exists());
         // The final name is created exclusively: what is there is never written through.
         fs_write(&tmp.path().join("taken"));
-        let taken = TempEntry::file(dir.as_fd(), Naming::Final(c"taken"), false);
+        let taken = TempEntry::file(dir.as_fd(), Naming::Final(c"taken"), 0o600, false);
         assert_eq!(
             taken.err().and_then(|e| e.raw_os_error()),
             Some(libc::EEXIST)

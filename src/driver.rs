@@ -15,7 +15,7 @@ use crate::error::{Context, EntryError, EntryResult};
 use crate::filter::Filter;
 use crate::links::{Claim, First, HardLinks};
 use crate::lock::LOCK_NAME;
-use crate::meta::{Applied, MetaError, Node, Preserver};
+use crate::meta::{Applied, Created, MetaError, Node, Preserver};
 use crate::report::Reporter;
 use crate::sys::{self, Kind, Stat};
 use crate::walk::Plan;
@@ -58,9 +58,9 @@ struct DirPair<'e> {
     passes_acls: bool,
     /// This destination directory was created in one that passes ACLs on.
     inherited_acls: bool,
-    /// The owner and group a directory this run created got, so that a chown that would
-    /// change nothing is not made.
-    created_owner: Option<(u32, u32)>,
+    /// The owner, group and mode a directory this run created got, so that a chown or chmod
+    /// that would change nothing is not made.
+    created: Option<Created>,
     /// The destination is a local filesystem: files are created one at a time (see
     /// `Engine::create_lock`).
     local_dst: bool,
@@ -120,7 +120,7 @@ impl DirPair<'_> {
                             dst,
                             meta,
                             self.inherited_acls,
-                            self.created_owner,
+                            self.created,
                         )
                         .map(Some)
                 };
@@ -163,6 +163,9 @@ impl Drop for DirPair<'_> {
 struct Publish<'e> {
     parent: Arc<DirPair<'e>>,
     loc: Arc<Location>,
+    /// With --fsync, the staged directory itself: its entries are made durable before the
+    /// rename shows them, as a file's data is before its rename.
+    durable: Option<OwnedFd>,
 }
 
 impl Drop for Publish<'_> {
@@ -171,6 +174,12 @@ impl Drop for Publish<'_> {
             return;
         };
         let rep = &self.parent.engine.rep;
+        if let Some(dir) = &self.durable
+            && let Err(e) = sys::fsync(dir.as_fd())
+        {
+            // Left staged: the next run removes it and copies its files again.
+            return rep.failed(&EntryError::new("fsync", self.loc.path(), e));
+        }
         match self.loc.publish(pdst) {
             Ok(()) => rep.verbose(|| format!("published directory {}", self.loc.path().display())),
             Err(e) => rep.failed(&EntryError::new("rename", self.loc.path(), e)),
@@ -351,7 +360,7 @@ impl Engine {
                     .with_context(|| format!("open destination directory {}", dst.display()))?,
             ),
         };
-        let mut created_owner = None;
+        let mut created = None;
         let (dst_dev, pre_diff, passes_acls, local_dst) = match &dst_fd {
             Some(fd) => {
                 let dst_stat =
@@ -362,7 +371,7 @@ impl Engine {
                 let pre_diff = if dst_exists {
                     self.reach_existing_dir(&src_fd, &src_stat, fd, &dst_stat, dst)?
                 } else {
-                    created_owner = Some((dst_stat.uid, dst_stat.gid));
+                    created = Some(Created::of(&dst_stat));
                     MetaDiff::default()
                 };
                 (
@@ -392,7 +401,7 @@ impl Engine {
             pre_diff,
             passes_acls,
             inherited_acls: !dst_exists && passes_acls,
-            created_owner,
+            created,
             local_dst,
             remote_src,
             boundary: false,
@@ -439,7 +448,7 @@ impl Engine {
             pre_diff: MetaDiff::default(),
             passes_acls,
             inherited_acls: false,
-            created_owner: None,
+            created: None,
             local_dst,
             remote_src,
             boundary: false,
@@ -767,9 +776,14 @@ impl Engine {
                 self.rep.done_dir();
                 let existed = pair.existed;
                 let publish = pair.hidden.then(|| {
+                    let durable = self
+                        .opts
+                        .fsync
+                        .then(|| pair.dst().map(|fd| fd.try_clone_to_owned()));
                     Arc::new(Publish {
                         parent: Arc::clone(parent),
                         loc: Arc::clone(&pair.dst_loc),
+                        durable: durable.flatten().and_then(Result::ok),
                     })
                 });
                 self.copy_dir(scope, Arc::new(pair), existed, publish);
@@ -856,12 +870,12 @@ impl Engine {
         let mut pre_diff = MetaDiff::default();
         let (mut dst_dev, mut local_dst, mut passes_acls) =
             (parent.dst_dev, parent.local_dst, false);
-        let mut created_owner = None;
+        let mut created = None;
         if let Some(fd) = &dst {
             if !existed {
                 // Answered from the attributes mkdir returned, where a network client caches
                 // them: no round trip.
-                created_owner = sys::fstat(fd.as_fd()).ok().map(|st| (st.uid, st.gid));
+                created = sys::fstat(fd.as_fd()).ok().map(|st| Created::of(&st));
             } else {
                 // An existing directory may be a mount point of another filesystem.
                 let st = sys::fstat(fd.as_fd()).ctx("stat", &dst_path)?;
@@ -905,7 +919,7 @@ impl Engine {
             pre_diff,
             passes_acls,
             inherited_acls: !existed && parent.passes_acls,
-            created_owner,
+            created,
             local_dst,
             remote_src,
             boundary,
@@ -1164,14 +1178,25 @@ impl Engine {
         let direct = !dir.local_dst
             && copy::chunks_with_direct_writes(parallel, st.size, st.dev, dir.dst_dev)
             && sys::direct_io_any_alignment(dst_dir);
+        // A temp name in a shared directory is created 0600, so no one else can read what is
+        // not yet the file's; in a staged directory (0700, ours) no one else can reach it, and
+        // it gets its final permission bits at once, which saves the chmod. Not where they
+        // lack owner read or write: chunk runners reopen it for writing and --verify reads it
+        // back, which those bits would refuse (to anyone but root, and root on a root_squash
+        // NFS export).
+        let mode = match st.perm() & 0o777 {
+            perm if dir.hidden && perm & 0o600 == 0o600 => perm,
+            _ => 0o600,
+        };
         let temp = {
             let _one_at_a_time = dir.local_dst.then(|| lock(&self.create_lock));
-            TempEntry::file(dst_dir, at.naming(), direct).ctx("create temp file for", dst_path)?
+            TempEntry::file(dst_dir, at.naming(), mode, direct)
+                .ctx("create temp file for", dst_path)?
         };
         let temp_fd = temp.fd().expect("a temp file is open");
         // Asked before the data changes the file, while a network client still holds the
         // attributes its create returned: no round trip.
-        let temp_owner = sys::fstat(temp_fd).ok().map(|st| (st.uid, st.gid));
+        let created = sys::fstat(temp_fd).ok().map(|st| Created::of(&st));
         self.rep
             .verbose(|| format!("created {}", dir.dst_path(temp.name()).display()));
         let job = copy::Job {
@@ -1200,7 +1225,7 @@ impl Engine {
         });
         let applied = self
             .meta
-            .apply_fd(src.as_fd(), temp_fd, st, dir.passes_acls, temp_owner)
+            .apply_fd(src.as_fd(), temp_fd, st, dir.passes_acls, created)
             .map_err(|e| meta_error(e, dst_path))?;
         self.note(applied, dir.dst_dev, dst_path);
         if self.opts.verify {

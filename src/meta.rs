@@ -26,6 +26,27 @@ fn step<T>(op: &'static str, r: io::Result<T>) -> Result<T, MetaError> {
 pub struct Applied {
     /// The destination filesystem refused extended attributes (EOPNOTSUPP).
     pub xattrs_unsupported: bool,
+    /// An access ACL was written or removed, which rewrites the mode's group bits.
+    pub acl_changed: bool,
+}
+
+/// What a new destination entry was created with, from an fstat right after its creation.
+#[derive(Clone, Copy, Debug)]
+pub struct Created {
+    pub uid: u32,
+    pub gid: u32,
+    /// The permission bits (0o7777).
+    pub perm: u32,
+}
+
+impl Created {
+    pub fn of(st: &Stat) -> Self {
+        Created {
+            uid: st.uid,
+            gid: st.gid,
+            perm: st.perm(),
+        }
+    }
 }
 
 /// An entry whose metadata is read or written: an open descriptor, or a name in an open
@@ -415,6 +436,7 @@ impl Preserver {
                     continue;
                 }
                 match dst.remove_xattr(OsStr::new(acl)) {
+                    Ok(()) => applied.acl_changed = true,
                     Err(e) if !errno_is(&e, &[libc::ENODATA, libc::EOPNOTSUPP]) => {
                         return Err(MetaError {
                             op: "remove inherited ACL of",
@@ -440,6 +462,7 @@ impl Preserver {
                     });
                 }
             };
+            applied.acl_changed |= attr == ACL_ACCESS;
             self.set_one_xattr(dst, &attr, &value, &mut applied)?;
         }
         Ok(applied)
@@ -447,18 +470,24 @@ impl Preserver {
 
     /// Owner, xattrs, mode and times of an open file or directory; `src` is the open source;
     /// `inherited`: created in a directory with a default ACL.
-    /// `owner`: the owner and group `fd` was created with, where known.
+    /// `created`: the owner, group and permission bits `fd` was created with, where known: a
+    /// chown or chmod that would change nothing is not made (on NFS each is a round trip).
     pub fn apply_fd(
         &self,
         src: BorrowedFd<'_>,
         fd: BorrowedFd<'_>,
         st: &Stat,
         inherited: bool,
-        owner: Option<(u32, u32)>,
+        created: Option<Created>,
     ) -> Result<Applied, MetaError> {
+        let owner = created.map(|c| (c.uid, c.gid));
         let perm = self.set_owner(st, owner, |u, g| sys::fchown(fd, u, g))?;
         let applied = self.copy_xattrs(Node::Fd(src), Node::Fd(fd), inherited)?;
-        step("chmod", sys::fchmod(fd, perm))?;
+        // A chown clears only setuid and setgid, which a mode that needs no chmod lacks.
+        let unchanged = created.is_some_and(|c| c.perm == perm && perm & 0o7000 == 0);
+        if !unchanged || applied.acl_changed {
+            step("chmod", sys::fchmod(fd, perm))?;
+        }
         step("set times", sys::futimens(fd, st.atime, st.mtime))?;
         Ok(applied)
     }

@@ -145,7 +145,12 @@ pub fn open_source_dir_path(path: &Path) -> io::Result<OwnedFd> {
 
 /// Creates a new file that must not exist yet, for writing, owner-only until committed.
 /// `direct`: opened with O_DIRECT (see `direct_io_any_alignment`).
-pub fn create_exclusive(dir: BorrowedFd<'_>, name: &CStr, direct: bool) -> io::Result<OwnedFd> {
+pub fn create_exclusive(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    mode: u32,
+    direct: bool,
+) -> io::Result<OwnedFd> {
     let mut flags =
         OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     if direct {
@@ -155,7 +160,7 @@ pub fn create_exclusive(dir: BorrowedFd<'_>, name: &CStr, direct: bool) -> io::R
         dir,
         name,
         flags,
-        Mode::from_bits_truncate(0o600),
+        Mode::from_bits_truncate(mode),
     )?)
 }
 

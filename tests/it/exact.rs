@@ -908,3 +908,48 @@ fn rerun_does_not_let_entries_inherit_a_default_acl() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// In a new directory files are created with their final permission bits where that is safe,
+/// and the chmod is skipped when the created mode already matches: under any umask, every
+/// mode (read-only, write-only, none, setuid, setgid, sticky) must still come out exact.
+#[test]
+fn modes_are_exact_in_new_directories_under_any_umask() {
+    let tmp = tempdir();
+    let src = tmp.path().join("src");
+    let sub = src.join("fields/2026");
+    fs::create_dir_all(&sub).unwrap();
+    let modes = [
+        0o644, 0o664, 0o666, 0o600, 0o640, 0o700, 0o755, 0o777, 0o444, 0o400, 0o200, 0o000, 0o4755,
+        0o2755, 0o1777, 0o6711,
+    ];
+    for (i, mode) in modes.iter().enumerate() {
+        for dir in [&src, &sub] {
+            let path = dir.join(format!("m{mode:04o}"));
+            write_random_file(&path, 64 << 10, i as u64);
+            fs::set_permissions(&path, fs::Permissions::from_mode(*mode)).unwrap();
+        }
+    }
+    for umask in ["022", "077", "000", "777"] {
+        let dst = tmp.path().join(format!("dst{umask}"));
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("umask {umask} && exec \"$0\" \"$1\" \"$2\""))
+            .arg(bin())
+            .arg(&src)
+            .arg(&dst);
+        let run = run_cmd(cmd, RUN_TIMEOUT);
+        run.assert_code(0);
+        let mut wrong = Vec::new();
+        for mode in modes {
+            for rel in ["", "fields/2026"] {
+                let path = dst.join(rel).join(format!("m{mode:04o}"));
+                let got = fs::symlink_metadata(&path).unwrap().mode() & 0o7777;
+                if got != mode {
+                    wrong.push(format!("{}: {got:04o}, want {mode:04o}", path.display()));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "umask {umask}:\n{}", wrong.join("\n"));
+        compare_trees(&src, &dst);
+    }
+}
