@@ -7,13 +7,14 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt, symlink};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -768,4 +769,161 @@ fn latency_costs_the_daemon_little_cpu() {
         per_request < Duration::from_micros(30),
         "the daemon used {per_request:?} of CPU per request"
     );
+}
+
+/// What one worker of `renaming_a_directory_never_fails_requests_below_it` made, and
+/// which of its operations failed.
+#[derive(Default)]
+struct MadeBelowRename {
+    files: Vec<String>,
+    dirs: Vec<String>,
+    errors: Vec<String>,
+}
+
+/// The last OS error, labelled; call it right after the failing syscall.
+fn failed(what: &str, name: &str) -> String {
+    format!("{what} {name}: {}", std::io::Error::last_os_error())
+}
+
+/// Until `stop` is set: creates a file (O_EXCL, one byte, chown to the caller's own
+/// uid/gid) and a subdirectory through the open directory `dir`, and stats them and
+/// `dir` itself. Failures are collected instead of panicking, so that the thread doing
+/// the renames is never left without its workers' results.
+fn make_below_rename(dir: BorrowedFd<'_>, worker: usize, stop: &AtomicBool) -> MadeBelowRename {
+    let mut made = MadeBelowRename::default();
+    // SAFETY: getuid and getgid have no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let dir = dir.as_raw_fd();
+    for i in 0.. {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let file = format!("f{worker}_{i}");
+        let subdir = format!("s{worker}_{i}");
+        let (file_c, subdir_c) = (
+            CString::new(file.as_str()).unwrap(),
+            CString::new(subdir.as_str()).unwrap(),
+        );
+        // SAFETY: `dir` stays open for the whole call, the names are valid C strings,
+        // `st` is a writable stat buffer, and `fd` is closed exactly once.
+        unsafe {
+            let mut st = std::mem::zeroed::<libc::stat>();
+            let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC;
+            let fd = libc::openat(dir, file_c.as_ptr(), flags, 0o644);
+            if fd < 0 {
+                made.errors.push(failed("create", &file));
+            } else {
+                made.files.push(file.clone());
+                if libc::write(fd, b"x".as_ptr().cast(), 1) != 1 {
+                    made.errors.push(failed("write", &file));
+                }
+                if libc::fchown(fd, uid, gid) != 0 {
+                    made.errors.push(failed("fchown", &file));
+                }
+                if libc::close(fd) != 0 {
+                    made.errors.push(failed("close", &file));
+                }
+                if libc::fstatat(dir, file_c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) != 0 {
+                    made.errors.push(failed("fstatat", &file));
+                }
+            }
+            if libc::mkdirat(dir, subdir_c.as_ptr(), 0o755) != 0 {
+                made.errors.push(failed("mkdirat", &subdir));
+            } else {
+                made.dirs.push(subdir.clone());
+                if libc::fstatat(dir, subdir_c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) != 0 {
+                    made.errors.push(failed("fstatat", &subdir));
+                }
+            }
+            // GETATTR of the open directory itself, which latencyfs resolves by path.
+            if libc::fstat(dir, &mut st) != 0 {
+                made.errors.push(failed("fstat", "the open directory"));
+            }
+        }
+    }
+    made
+}
+
+/// A passthrough names backing files by path; a directory rename must never make a
+/// concurrent request on something below the directory resolve the old path (and fail
+/// with ENOENT), since an NFS server, which uses file handles, never fails that way.
+/// Workers create files and directories through an fd opened on `d0/inner` before the
+/// renames, so their requests name `inner` by its inode while `d0` keeps moving.
+#[test]
+fn renaming_a_directory_never_fails_requests_below_it() {
+    require_fuse!();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    const WORKERS: usize = 4;
+    const RENAMES: usize = 400;
+    // Without attribute caching every fstatat is a LOOKUP and every fstat a GETATTR, so
+    // each worker iteration sends more requests that resolve a path below `d0`.
+    let m = Mount::start(&[
+        "--latency-us",
+        "100",
+        "--threads",
+        "4",
+        "--attr-timeout",
+        "0",
+    ]);
+    fs::create_dir_all(m.m("d0/inner")).unwrap();
+    let inner = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(m.m("d0/inner"))
+        .unwrap();
+    let stop = AtomicBool::new(false);
+    let started = Instant::now();
+    let (renamed, made) = thread::scope(|s| {
+        let workers: Vec<_> = (0..WORKERS)
+            .map(|w| {
+                let (inner, stop) = (&inner, &stop);
+                s.spawn(move || make_below_rename(inner.as_fd(), w, stop))
+            })
+            .collect();
+        let renamed = (0..RENAMES)
+            .try_for_each(|k| fs::rename(m.m(&format!("d{k}")), m.m(&format!("d{}", k + 1))));
+        stop.store(true, Ordering::Relaxed);
+        let made: Vec<MadeBelowRename> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+        (renamed, made)
+    });
+    let elapsed = started.elapsed();
+    renamed.expect("rename");
+    drop(inner);
+
+    let errors: Vec<&String> = made.iter().flat_map(|w| &w.errors).collect();
+    let (files, dirs) = (
+        made.iter().map(|w| w.files.len()).sum::<usize>(),
+        made.iter().map(|w| w.dirs.len()).sum::<usize>(),
+    );
+    eprintln!(
+        "{RENAMES} renames in {elapsed:?} while {WORKERS} workers made {files} files and \
+         {dirs} directories below; {} operations failed",
+        errors.len()
+    );
+    assert!(
+        errors.is_empty(),
+        "{} operations below the renamed directory failed, the first: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    let inner_back = m.b(&format!("d{RENAMES}/inner"));
+    let mut expected: Vec<String> = made
+        .iter()
+        .flat_map(|w| w.files.iter().chain(&w.dirs).cloned())
+        .collect();
+    expected.sort();
+    assert_eq!(sorted_names(&inner_back), expected);
+    for name in made.iter().flat_map(|w| &w.files) {
+        let md = fs::symlink_metadata(inner_back.join(name)).unwrap();
+        assert!(md.is_file() && md.len() == 1, "{name}: {md:?}");
+    }
+    for name in made.iter().flat_map(|w| &w.dirs) {
+        assert!(inner_back.join(name).is_dir(), "{name}");
+    }
+    // The renames must have overlapped the workers' requests for the test to mean much.
+    assert!(
+        files >= WORKERS && dirs >= WORKERS,
+        "{files} files, {dirs} dirs"
+    );
+    m.finish();
 }
