@@ -238,17 +238,23 @@ impl Location {
         &self.path
     }
 
-    /// The path it has now.
+    /// The path it has now. A loop, not recursion: trees may be 10,000 levels deep.
     pub fn current(&self) -> PathBuf {
-        let Some(parent) = &self.parent else {
-            return self.path.clone();
-        };
-        let staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
-        let name = match &*staged {
-            Some(temp) => OsStr::from_bytes(temp.to_bytes()),
-            None => self.path.file_name().unwrap_or_default(),
-        };
-        parent.current().join(name)
+        let mut names = Vec::new();
+        let mut at = self;
+        while let Some(parent) = &at.parent {
+            let staged = at.staged.lock().unwrap_or_else(|e| e.into_inner());
+            names.push(match &*staged {
+                Some(temp) => temp.as_bytes().to_vec(),
+                None => at.path.file_name().unwrap_or_default().as_bytes().to_vec(),
+            });
+            at = parent;
+        }
+        let mut path = at.path.clone();
+        for name in names.iter().rev() {
+            path.push(OsStr::from_bytes(name));
+        }
+        path
     }
 
     /// Renames the staged directory to its final name in `parent_dir` (its parent's handle).
@@ -261,6 +267,18 @@ impl Location {
         sys::rename_at(parent_dir, temp, &sys::cstring(name)?)?;
         *staged = None;
         Ok(())
+    }
+}
+
+impl Drop for Location {
+    /// Frees the chain of ancestors this was the last holder of in a loop: a hard-link target
+    /// 10,000 levels deep must not recurse through 10,000 drops.
+    fn drop(&mut self) {
+        let mut parent = self.parent.take();
+        while let Some(loc) = parent.and_then(Arc::into_inner) {
+            let mut loc = loc;
+            parent = loc.parent.take();
+        }
     }
 }
 
@@ -378,6 +396,29 @@ mod tests {
             missing.err().and_then(|e| e.raw_os_error()),
             Some(libc::ENOENT)
         );
+    }
+
+    #[test]
+    fn a_deep_location_is_resolved_and_freed_without_recursion() {
+        // 5,000 levels on a 64 KiB stack: recursion would need several hundred KiB.
+        let levels = 5_000;
+        let worker = std::thread::Builder::new().stack_size(64 << 10);
+        let handle = worker.spawn(move || {
+            let root = Location::root(Path::new("/d"));
+            let mut loc = Arc::clone(&root);
+            for _ in 0..levels {
+                loc = Location::child(&loc, c"a", None);
+            }
+            let deep = Location::child(&loc, c"b", Some(c".treecopy-tmp.1.2".to_owned()));
+            drop(loc);
+            let current = deep.current();
+            assert_eq!(current.components().count(), levels + 3);
+            assert!(current.ends_with("a/a/.treecopy-tmp.1.2"));
+            assert!(deep.path().ends_with("a/a/b"));
+            drop(deep);
+            Arc::strong_count(&root)
+        });
+        assert_eq!(handle.unwrap().join().unwrap(), 1);
     }
 
     #[test]
