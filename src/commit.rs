@@ -257,16 +257,26 @@ impl Location {
         path
     }
 
-    /// Renames the staged directory to its final name in `parent_dir` (its parent's handle).
-    /// Readers of `current` wait for the rename, so they never see the old name after it.
+    /// Renames the staged directory to its final name in `parent_dir` (its parent's handle),
+    /// never over something of that name that appeared meanwhile (EEXIST, or on NFS ENOTEMPTY
+    /// and ENOTDIR). Readers of `current` wait for the rename, so they never see the old name
+    /// after it.
     pub fn publish(&self, parent_dir: BorrowedFd<'_>) -> io::Result<()> {
         let mut staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
         let (Some(temp), Some(name)) = (&*staged, self.path.file_name()) else {
             return Ok(());
         };
-        sys::rename_at(parent_dir, temp, &sys::cstring(name)?)?;
+        sys::rename_noreplace(parent_dir, temp, parent_dir, &sys::cstring(name)?)?;
         *staged = None;
         Ok(())
+    }
+
+    /// The temp name, while the directory is staged.
+    pub fn staged_name(&self) -> Option<CString> {
+        self.staged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 

@@ -182,8 +182,53 @@ impl Drop for Publish<'_> {
         }
         match self.loc.publish(pdst) {
             Ok(()) => rep.verbose(|| format!("published directory {}", self.loc.path().display())),
+            Err(e)
+                if e.raw_os_error().is_some_and(|n| {
+                    [libc::EEXIST, libc::ENOTEMPTY, libc::ENOTDIR].contains(&n)
+                }) =>
+            {
+                self.merge(pdst)
+            }
             Err(e) => rep.failed(&EntryError::new("rename", self.loc.path(), e)),
         }
+    }
+}
+
+impl Publish<'_> {
+    /// The final name appeared while the directory was staged (made by someone else): the
+    /// staged entries are moved into it one by one, none over what is there; each one that
+    /// cannot be moved fails by name. The staged directory is then removed, so no temp entry
+    /// is left.
+    fn merge(&self, pdst: BorrowedFd<'_>) {
+        let engine = self.parent.engine;
+        let path = self.loc.path();
+        let (Some(staged), Some(name)) = (self.loc.staged_name(), path.file_name()) else {
+            return;
+        };
+        let moved = (|| -> io::Result<()> {
+            let name = sys::cstring(name)?;
+            let from = sys::open_dir(pdst, staged.as_c_str())?;
+            let into =
+                sys::open_dir(pdst, name.as_c_str()).map_err(|e| match e.raw_os_error() {
+                    Some(libc::ENOTDIR) | Some(libc::ELOOP) => io::Error::other(
+                        "a non-directory of that name appeared during the copy; not replaced",
+                    ),
+                    _ => e,
+                })?;
+            for (entry, _) in sys::list_dir(from.as_fd())? {
+                if let Err(e) = sys::rename_noreplace(from.as_fd(), &entry, into.as_fd(), &entry) {
+                    let entry_path = path.join(OsStr::from_bytes(entry.to_bytes()));
+                    engine
+                        .rep
+                        .failed(&EntryError::new("rename", &entry_path, e));
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = moved {
+            engine.rep.failed(&EntryError::new("rename", path, e));
+        }
+        engine.remove_staged(pdst, &staged, &self.loc.current());
     }
 }
 
@@ -649,7 +694,18 @@ impl Engine {
                     .verbose(|| format!("removed leftover {}", dir.dst_path(&name).display()));
             }
             for name in stale.dirs {
-                self.remove_staged_leftover(dst, &name, &dir.dst_path(&name));
+                let path = dir.dst_path(&name);
+                // Only what this program staged: a directory of ours, still 0700. Anything
+                // else that merely bears the name is left alone.
+                match sys::lstat_at(dst, name.as_c_str()) {
+                    Ok(st) if st.uid == nix::unistd::geteuid().as_raw() && st.perm() == 0o700 => {
+                        self.remove_staged(dst, &name, &path)
+                    }
+                    _ => self.rep.warn(&format!(
+                        "{} looks like a leftover of a killed run but is not owned by this user with mode 0700; left alone",
+                        path.display()
+                    )),
+                }
             }
         }
         Some(
@@ -663,9 +719,10 @@ impl Engine {
         )
     }
 
-    /// Removes a directory a killed run left staged under a temp name, with its contents: they
-    /// were never under a final path, so they are neither itemized nor counted as deletions.
-    fn remove_staged_leftover(&self, dst: BorrowedFd<'_>, name: &CStr, path: &Path) {
+    /// Removes a directory staged under a temp name (a killed run's, or one whose final name
+    /// was taken), with its contents: they were never under a final path, so they are neither
+    /// itemized nor counted as deletions.
+    fn remove_staged(&self, dst: BorrowedFd<'_>, name: &CStr, path: &Path) {
         let removal = Removal {
             dry_run: false,
             root: self.meta.root,

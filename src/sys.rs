@@ -190,6 +190,21 @@ pub fn rename_at(dir: BorrowedFd<'_>, from: &CStr, to: &CStr) -> io::Result<()> 
     Ok(nix::fcntl::renameat(dir, from, dir, to)?)
 }
 
+/// Renames `from` in `from_dir` to `to` in `to_dir`, failing with EEXIST where `to` exists
+/// (RENAME_NOREPLACE); a plain rename where the filesystem lacks the flag (NFS: EINVAL).
+pub fn rename_noreplace(
+    from_dir: BorrowedFd<'_>,
+    from: &CStr,
+    to_dir: BorrowedFd<'_>,
+    to: &CStr,
+) -> io::Result<()> {
+    use nix::fcntl::{RenameFlags, renameat, renameat2};
+    match renameat2(from_dir, from, to_dir, to, RenameFlags::RENAME_NOREPLACE) {
+        Err(nix::errno::Errno::EINVAL) => Ok(renameat(from_dir, from, to_dir, to)?),
+        result => Ok(result?),
+    }
+}
+
 pub fn unlink_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
     Ok(nix::unistd::unlinkat(
         dir,

@@ -824,3 +824,26 @@ fn report_file_is_written_whole_or_the_run_fails() {
     assert!(text.contains("\"schema\": \"treecopy-report/1\""), "{text}");
     assert!(text.contains("\"outcome\": \"ok\""), "{text}");
 }
+
+/// A directory in DST that only bears the temp-name pattern (not 0700, so not staged by us)
+/// is not removed as a killed run's leftover.
+#[test]
+fn a_directory_that_only_looks_staged_is_left_alone() {
+    let tmp = tempdir();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("a"), b"a").unwrap();
+    let dst = tmp.path().join("dst");
+    let lookalike = dst.join(format!("{TMP_PREFIX}99999999.3"));
+    fs::create_dir_all(&lookalike).unwrap();
+    fs::set_permissions(
+        &lookalike,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    fs::write(lookalike.join("f"), b"z").unwrap();
+    let run = treecopy(args![&src, &dst]);
+    run.assert_code(0);
+    assert_eq!(fs::read(lookalike.join("f")).unwrap(), b"z");
+    assert!(run.stderr.contains("left alone"), "{}", run.stderr);
+}
