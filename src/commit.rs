@@ -183,22 +183,71 @@ impl Drop for TempEntry<'_> {
 
 /// The pid a temp name was made by, if `name` is one of ours.
 pub fn temp_owner(name: &[u8]) -> Option<i32> {
+    parse_temp(name).map(|(pid, _)| pid)
+}
+
+/// The final name a staged directory's temp name carries, if it carries one.
+pub fn staged_for(name: &[u8]) -> Option<&[u8]> {
+    parse_temp(name).and_then(|(_, final_name)| final_name)
+}
+
+/// `<prefix><pid>.<seq>`, or `<prefix><pid>.<seq>.<final name>` for a staged directory.
+fn parse_temp(name: &[u8]) -> Option<(i32, Option<&[u8]>)> {
     let rest = name.strip_prefix(TEMP_PREFIX.as_bytes())?;
     let dot = rest.iter().position(|&b| b == b'.')?;
-    let (pid, seq) = (&rest[..dot], &rest[dot + 1..]);
+    let (pid, rest) = (&rest[..dot], &rest[dot + 1..]);
+    let (seq, final_name) = match rest.iter().position(|&b| b == b'.') {
+        Some(dot) => (
+            &rest[..dot],
+            Some(&rest[dot + 1..]).filter(|n| !n.is_empty()),
+        ),
+        None => (rest, None),
+    };
     if seq.is_empty() || !seq.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    std::str::from_utf8(pid).ok()?.parse().ok()
+    if final_name.is_none() && rest.len() != seq.len() {
+        return None;
+    }
+    Some((std::str::from_utf8(pid).ok()?.parse().ok()?, final_name))
+}
+
+/// A fresh temp name for a directory that will be `final_name`, carrying that name where it
+/// fits (NAME_MAX), so that a later run can resume it if this one is killed.
+fn next_staged_name(final_name: &CStr) -> CString {
+    let temp = next_temp_name();
+    let mut bytes = temp.into_bytes();
+    if bytes.len() + 1 + final_name.to_bytes().len() <= 255 {
+        bytes.push(b'.');
+        bytes.extend_from_slice(final_name.to_bytes());
+    }
+    CString::new(bytes).expect("names hold no NUL")
 }
 
 /// Creates a new directory (mode 0700) under a fresh temp name in `dir`, returning the name.
 /// Its contents are then created under their final names, and the directory is renamed to its
 /// own final name once they are complete (see `Location`).
-pub fn staged_dir(dir: BorrowedFd<'_>) -> io::Result<CString> {
+pub fn staged_dir(dir: BorrowedFd<'_>, final_name: &CStr) -> io::Result<CString> {
     loop {
-        let name = next_temp_name();
+        let name = next_staged_name(final_name);
         match sys::mkdir_at(dir, &name, 0o700) {
+            Ok(()) => return Ok(name),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Takes over `leftover`, a killed run's staged directory for `final_name` in `dir`, by
+/// renaming it to a fresh staged name of this run. Returns the new name.
+pub fn adopt_staged(
+    dir: BorrowedFd<'_>,
+    leftover: &CStr,
+    final_name: &CStr,
+) -> io::Result<CString> {
+    loop {
+        let name = next_staged_name(final_name);
+        match sys::rename_noreplace(dir, leftover, dir, &name) {
             Ok(()) => return Ok(name),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
             Err(e) => return Err(e),
@@ -367,6 +416,22 @@ mod tests {
         assert_eq!(temp_owner(b".treecopy-tmp.12.x"), None);
         assert_eq!(temp_owner(b"treecopy-tmp.12.1"), None);
         assert_eq!(temp_owner(b"data.grib"), None);
+        assert_eq!(temp_owner(b".treecopy-tmp.123.7.fields"), Some(123));
+        assert_eq!(
+            staged_for(b".treecopy-tmp.123.7.fields.2026"),
+            Some(&b"fields.2026"[..])
+        );
+        assert_eq!(staged_for(b".treecopy-tmp.123.7"), None);
+        assert_eq!(staged_for(b".treecopy-tmp.123.7."), None);
+        assert_eq!(temp_owner(b".treecopy-tmp.123.x.fields"), None);
+        let long = CString::new(vec![b'n'; 255]).unwrap();
+        assert_eq!(staged_for(next_staged_name(&long).as_bytes()), None);
+        let short = next_staged_name(c"2026");
+        assert_eq!(staged_for(short.as_bytes()), Some(&b"2026"[..]));
+        assert_eq!(
+            temp_owner(short.as_bytes()),
+            Some(std::process::id() as i32)
+        );
     }
 
     #[test]
@@ -374,7 +439,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let root_fd = sys::open_dir_path(tmp.path()).unwrap();
         let root = Location::root(tmp.path());
-        let temp = staged_dir(root_fd.as_fd()).unwrap();
+        let temp = staged_dir(root_fd.as_fd(), c"fields").unwrap();
         let loc = Location::child(&root, c"fields", Some(temp.clone()));
         assert_eq!(loc.path(), tmp.path().join("fields"));
         assert_eq!(

@@ -5,7 +5,8 @@
 //! reported and counted, and each directory's metadata is applied when its subtree is done.
 
 use crate::commit::{
-    CommitError, Location, Naming, TempEntry, at_current, remove_stale, staged_dir, temp_owner,
+    CommitError, Location, Naming, TempEntry, adopt_staged, at_current, remove_stale, staged_dir,
+    staged_for, temp_owner,
 };
 use crate::config::{Config, Reflink};
 use crate::copy::{self, DeviceCache};
@@ -45,6 +46,9 @@ struct DirPair<'e> {
     /// The destination directory is new and staged under a temp name while this directory's
     /// entries are copied: they are created under their final names, with no rename each.
     hidden: bool,
+    /// A staged directory a killed run left, resumed by this one: what it holds was written
+    /// under final names and may have been cut off, so it is checked strictly.
+    adopted: bool,
     dst_dev: u64,
     /// The source directory's metadata, to apply on completion; None for the destination
     /// directory of a single-file copy, which is not ours to change.
@@ -440,6 +444,7 @@ impl Engine {
             dst: dst_fd,
             dst_loc: Location::root(dst),
             hidden: false,
+            adopted: false,
             dst_dev,
             meta: Some(src_stat),
             existed: dst_exists,
@@ -487,6 +492,7 @@ impl Engine {
             dst: Some(dst_fd),
             dst_loc: Location::root(dst_dir),
             hidden: false,
+            adopted: false,
             dst_dev,
             meta: None,
             existed: true,
@@ -544,6 +550,21 @@ impl Engine {
             return Ok(());
         }
         sys::fchmod(dir.as_fd(), st.perm() | 0o700)
+    }
+
+    /// The up-to-date rules for entries of `dir`. In a resumed staged directory an entry may
+    /// have been cut off mid-write under its final name (its times are set last, so its mtime
+    /// is not the source's): only an exact size and mtime match counts as done there.
+    fn policy_in(&self, dir: &DirPair) -> Policy {
+        match dir.adopted {
+            false => self.opts.policy,
+            true => Policy {
+                ignore_existing: false,
+                update: false,
+                modify_window_ns: 0,
+                ..self.opts.policy
+            },
+        }
     }
 
     pub fn reporter(&self) -> &Reporter {
@@ -607,8 +628,9 @@ impl Engine {
         let is_root = dir.parent.is_none();
         // The destination's own names: which entries exist (so new ones need no lstat), and
         // what is left over for --delete once the source's names are taken out.
+        let mut adoptable = HashMap::new();
         let mut dst_names = match (dst_existed, dir.dst()) {
-            (true, Some(dst)) => self.destination_names(&dir, dst, is_root),
+            (true, Some(dst)) => self.destination_names(&dir, dst, is_root, &mut adoptable),
             _ => Some(HashMap::new()),
         };
         let mut others = Vec::with_capacity(listing.len());
@@ -641,9 +663,23 @@ impl Engine {
             };
             if kind == Kind::Dir {
                 let dir = Arc::clone(&dir);
-                scope.spawn(move |scope| self.enter_dir(scope, &dir, &name, hint));
+                let leftover = adoptable.remove(name.as_c_str());
+                scope.spawn(move |scope| self.enter_dir(scope, &dir, &name, hint, leftover));
             } else {
                 others.push((name, kind, hint));
+            }
+        }
+        if let Some(dst) = dir.dst() {
+            for leftover in adoptable.into_values() {
+                self.remove_staged(dst, &leftover, &dir.dst_path(&leftover));
+            }
+            // What a resumed directory holds beyond the source's names was never published.
+            if dir.adopted
+                && let Some(names) = dst_names.take()
+            {
+                for name in names.into_keys() {
+                    self.remove_staged(dst, &name, &dir.dst_path(&name));
+                }
             }
         }
         if self.opts.delete
@@ -671,11 +707,15 @@ impl Engine {
     /// The names in an existing destination directory, without temp entries (those of dead
     /// runs are removed here) and the lock file. None if it cannot be listed: then every entry
     /// is looked up by name.
+    ///
+    /// A killed run's staged directories whose final name is free go into `adoptable`
+    /// (final name -> leftover), to be resumed; the others are removed.
     fn destination_names(
         &self,
         dir: &DirPair,
         dst: BorrowedFd<'_>,
         is_root: bool,
+        adoptable: &mut HashMap<CString, CString>,
     ) -> Option<HashMap<CString, Option<Kind>>> {
         let listing = match sys::list_dir(dst) {
             Ok(listing) => listing,
@@ -699,7 +739,16 @@ impl Engine {
                 // else that merely bears the name is left alone.
                 match sys::lstat_at(dst, name.as_c_str()) {
                     Ok(st) if st.uid == nix::unistd::geteuid().as_raw() && st.perm() == 0o700 => {
-                        self.remove_staged(dst, &name, &path)
+                        let resumable = staged_for(name.to_bytes())
+                            .and_then(|n| CString::new(n).ok())
+                            .filter(|n| !adoptable.contains_key(n))
+                            .filter(|n| !listing.iter().any(|(l, _)| l == n));
+                        match resumable {
+                            Some(final_name) => {
+                                adoptable.insert(final_name, name);
+                            }
+                            None => self.remove_staged(dst, &name, &path),
+                        }
                     }
                     _ => self.rep.warn(&format!(
                         "{} looks like a leftover of a killed run but is not owned by this user with mode 0700; left alone",
@@ -824,11 +873,12 @@ impl Engine {
         parent: &Arc<DirPair<'s>>,
         name: &CStr,
         hint: Hint,
+        leftover: Option<CString>,
     ) {
         if crate::signal::received().is_some() {
             return;
         }
-        match self.open_dir_pair(parent, name, hint) {
+        match self.open_dir_pair(parent, name, hint, leftover) {
             Ok(pair) => {
                 self.rep.done_dir();
                 let existed = pair.existed;
@@ -855,6 +905,7 @@ impl Engine {
         parent: &Arc<DirPair<'s>>,
         name: &CStr,
         hint: Hint,
+        leftover: Option<CString>,
     ) -> EntryResult<DirPair<'s>> {
         let src_path = parent.src_path(name);
         let dst_path = parent.dst_path(name);
@@ -884,9 +935,32 @@ impl Engine {
         // A new directory is created under a temp name and renamed once its entries are
         // complete (see `Publish`).
         let mut staged = None;
+        let mut adopted = false;
         if let Some(pdst) = parent.dst() {
-            if hint == Hint::Absent && !dry_run {
-                staged = Some(staged_dir(pdst).ctx("create directory", &dst_path)?);
+            if let Some(leftover) = leftover.filter(|_| !dry_run) {
+                match adopt_staged(pdst, &leftover, name) {
+                    Ok(ours) => {
+                        self.rep.verbose(|| {
+                            format!(
+                                "resuming {} (left staged by a killed run)",
+                                dst_path.display()
+                            )
+                        });
+                        (staged, adopted, existed) = (Some(ours), true, true);
+                    }
+                    Err(e) => {
+                        self.rep.warn(&format!(
+                            "{}: cannot resume a killed run's copy ({e}); copying it again",
+                            dst_path.display()
+                        ));
+                        self.remove_staged(pdst, &leftover, &parent.dst_path(&leftover));
+                    }
+                }
+            }
+            if adopted {
+                // Resumed: its entries are compared like an existing directory's.
+            } else if hint == Hint::Absent && !dry_run {
+                staged = Some(staged_dir(pdst, name).ctx("create directory", &dst_path)?);
             } else {
                 match sys::lstat_at(pdst, name) {
                     Ok(st) if st.kind() == Kind::Dir => existed = true,
@@ -908,7 +982,7 @@ impl Engine {
                     Err(e) => return Err(EntryError::new("stat", &dst_path, e)),
                 }
                 if !existed && !dry_run {
-                    staged = Some(staged_dir(pdst).ctx("create directory", &dst_path)?);
+                    staged = Some(staged_dir(pdst, name).ctx("create directory", &dst_path)?);
                 }
             }
             if existed || !dry_run {
@@ -953,7 +1027,7 @@ impl Engine {
             }
             passes_acls = self.meta.passes_acls_on(fd.as_fd());
         }
-        if !existed && !self.opts.count_deletions_only {
+        if (!existed || adopted) && !self.opts.count_deletions_only {
             self.created_dir(&src_stat, &rel);
         }
         // A source directory on another device may be another filesystem's mount point.
@@ -964,6 +1038,7 @@ impl Engine {
         };
         let hidden = staged.is_some();
         Ok(DirPair {
+            adopted,
             src,
             src_path,
             rel,
@@ -1030,7 +1105,7 @@ impl Engine {
         let Some(old) = old else {
             return Ok(Some(Write::New));
         };
-        let mut verdict = delta::decide(st, Some(&old), &self.opts.policy);
+        let mut verdict = delta::decide(st, Some(&old), &self.policy_in(at.dir));
         // A destination file sharing its inode with other names, whose source does not: fixing
         // it in place would change those names too.
         if st.kind() == Kind::File
@@ -1335,7 +1410,7 @@ impl Engine {
         match self.links.claim((st.dev, st.ino), st.nlink) {
             Claim::First(first) => Ok(LinkStep::Copy(Some(first))),
             Claim::LinkTo(existing) => {
-                if old.is_some() && self.opts.policy.ignore_existing {
+                if old.is_some() && self.policy_in(at.dir).ignore_existing {
                     self.rep.skipped(0);
                 } else if self.link_file(at, &existing, old)? {
                     let existing = existing.path();
@@ -1534,7 +1609,7 @@ impl At<'_, '_> {
     /// What the entry is created as: under its final name in a staged directory, else under a
     /// temp name.
     fn naming(&self) -> Naming<'_> {
-        if self.dir.hidden {
+        if self.dir.hidden && !self.dir.adopted {
             Naming::Final(self.dst_name)
         } else {
             Naming::Temp

@@ -8,7 +8,7 @@ use std::ffi::OsString;
 use std::fs;
 use std::hash::{DefaultHasher, Hasher};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, symlink};
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -836,14 +836,104 @@ fn a_directory_that_only_looks_staged_is_left_alone() {
     let dst = tmp.path().join("dst");
     let lookalike = dst.join(format!("{TMP_PREFIX}99999999.3"));
     fs::create_dir_all(&lookalike).unwrap();
-    fs::set_permissions(
-        &lookalike,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    fs::set_permissions(&lookalike, fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(lookalike.join("f"), b"z").unwrap();
     let run = treecopy(args![&src, &dst]);
     run.assert_code(0);
     assert_eq!(fs::read(lookalike.join("f")).unwrap(), b"z");
     assert!(run.stderr.contains("left alone"), "{}", run.stderr);
+}
+
+/// A run killed while a slow directory is still staged leaves its finished parts (here a
+/// subdirectory published inside it) under the temp name; the next run resumes that
+/// directory instead of copying it again: the finished files keep their inodes.
+#[test]
+fn a_killed_runs_staged_directory_is_resumed() {
+    let tmp = tempdir();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("x/y/z")).unwrap();
+    write_big_file(&src.join("x/big.bin"), 1 << 30, 0x7E);
+    for (i, f) in ["x/y/g1", "x/y/g2", "x/y/z/e"].iter().enumerate() {
+        write_random_file(&src.join(f), 8192, i as u64);
+    }
+    for attempt in 0..5 {
+        let dst = tmp.path().join(format!("dst{attempt}"));
+        let mut p = Proc::spawn(args!["-j2", &src, &dst]);
+        // Wait until y is published inside x's staged directory, then kill mid-copy of big.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut finished_y = None;
+        while finished_y.is_none() && p.running() && Instant::now() < deadline {
+            finished_y = fs::read_dir(&dst).ok().and_then(|rd| {
+                rd.flatten()
+                    .find(|e| e.file_name().as_bytes().starts_with(TMP_PREFIX.as_bytes()))
+                    .map(|e| e.path().join("y"))
+                    .filter(|y| y.join("g2").exists() && y.join("z/e").exists())
+            });
+        }
+        let Some(y) = finished_y.filter(|_| p.running()) else {
+            let _ = p.wait(Duration::from_secs(60));
+            eprintln!("attempt {attempt}: the copy ended before y was published inside x");
+            continue;
+        };
+        p.signal(libc::SIGKILL);
+        assert_eq!(
+            p.wait(Duration::from_secs(30)).signal(),
+            Some(libc::SIGKILL)
+        );
+        if !y.exists() {
+            eprintln!("attempt {attempt}: x was published before the kill");
+            continue;
+        }
+        let inode = |p: &Path| fs::symlink_metadata(p).unwrap().ino();
+        let before = (inode(&y.join("g1")), inode(&y.join("z/e")));
+        let run = treecopy(args!["-v", "-j2", &src, &dst]);
+        run.assert_code(0);
+        assert!(run.stderr.contains("resuming"), "{}", run.stderr);
+        compare_trees(&src, &dst);
+        assert_no_temp_files(&dst);
+        let after = (inode(&dst.join("x/y/g1")), inode(&dst.join("x/y/z/e")));
+        assert_eq!(before, after, "finished files were copied again");
+        return;
+    }
+    panic!("never caught x staged with y finished inside it");
+}
+
+/// In a resumed staged directory a file cut off mid-write is under its final name; it must
+/// be copied again even with --ignore-existing, --update or a wide --modify-window, which
+/// would keep it anywhere else. A complete one is kept.
+#[test]
+fn a_cut_off_file_in_a_resumed_directory_is_copied_again_whatever_the_policy() {
+    for flag in ["--ignore-existing", "--update", "--modify-window=100000"] {
+        let tmp = tempdir();
+        let src = tmp.path().join("src");
+        fs::create_dir_all(src.join("x")).unwrap();
+        write_random_file(&src.join("x/cut"), 1 << 20, 1);
+        write_random_file(&src.join("x/whole"), 4096, 2);
+        let dst = tmp.path().join("dst");
+        // What a killed run leaves: its staged x, 0700, with one file cut off (half its
+        // bytes, its mtime the moment of the kill) and one complete (times already set).
+        let staged = dst.join(format!("{TMP_PREFIX}99999999.0.x"));
+        fs::create_dir_all(&staged).unwrap();
+        fs::set_permissions(&staged, fs::Permissions::from_mode(0o700)).unwrap();
+        let data = fs::read(src.join("x/cut")).unwrap();
+        fs::write(staged.join("cut"), &data[..data.len() / 2]).unwrap();
+        fs::copy(src.join("x/whole"), staged.join("whole")).unwrap();
+        let m = fs::metadata(src.join("x/whole")).unwrap();
+        set_times(
+            &staged.join("whole"),
+            Ts(m.atime(), m.atime_nsec()),
+            Ts(m.mtime(), m.mtime_nsec()),
+        );
+        let whole_ino = fs::metadata(staged.join("whole")).unwrap().ino();
+        let run = treecopy(args!["-v", flag, &src, &dst]);
+        run.assert_code(0);
+        assert!(run.stderr.contains("resuming"), "{flag}: {}", run.stderr);
+        compare_trees(&src, &dst);
+        assert_no_temp_files(&dst);
+        assert_eq!(
+            fs::metadata(dst.join("x/whole")).unwrap().ino(),
+            whole_ino,
+            "{flag}"
+        );
+    }
 }
