@@ -228,9 +228,18 @@ fn next_staged_name(final_name: &CStr) -> CString {
 /// Its contents are then created under their final names, and the directory is renamed to its
 /// own final name once they are complete (see `Location`).
 pub fn staged_dir(dir: BorrowedFd<'_>, final_name: &CStr) -> io::Result<CString> {
+    with_staged_name(final_name, |name| sys::mkdir_at(dir, name, 0o700))
+}
+
+/// Runs `make` with fresh staged names for `final_name` until one is free (EEXIST: taken by
+/// a leftover of an earlier process with our pid); returns the name it took.
+fn with_staged_name(
+    final_name: &CStr,
+    make: impl Fn(&CStr) -> io::Result<()>,
+) -> io::Result<CString> {
     loop {
         let name = next_staged_name(final_name);
-        match sys::mkdir_at(dir, &name, 0o700) {
+        match make(&name) {
             Ok(()) => return Ok(name),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
             Err(e) => return Err(e),
@@ -245,14 +254,9 @@ pub fn adopt_staged(
     leftover: &CStr,
     final_name: &CStr,
 ) -> io::Result<CString> {
-    loop {
-        let name = next_staged_name(final_name);
-        match sys::rename_noreplace(dir, leftover, dir, &name) {
-            Ok(()) => return Ok(name),
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
-            Err(e) => return Err(e),
-        }
-    }
+    with_staged_name(final_name, |name| {
+        sys::rename_noreplace(dir, leftover, dir, name)
+    })
 }
 
 /// Where a destination directory is on disk. Messages name its final path; a hard link to a
@@ -368,8 +372,12 @@ pub fn at_current<T>(
 pub struct Stale {
     /// Temp files, symlinks and nodes, removed.
     pub removed: Vec<CString>,
-    /// Staged directories, for the caller to remove with their contents.
+    /// Staged directories (ours, still 0700), for the caller to resume or remove with their
+    /// contents.
     pub dirs: Vec<CString>,
+    /// Directories that bear the temp-name pattern but are not ours with mode 0700: not
+    /// something this program staged, so left alone.
+    pub foreign: Vec<CString>,
 }
 
 /// Removes temp entries left in `dir` by runs that no longer exist (or by an earlier process
@@ -377,7 +385,12 @@ pub struct Stale {
 /// directories. A live other run's temp entries are left alone.
 pub fn remove_stale(dir: BorrowedFd<'_>, listing: &[(CString, Option<Kind>)]) -> Stale {
     let me = pid() as i32;
+    let euid = nix::unistd::geteuid().as_raw();
     let mut stale = Stale::default();
+    let staged = |stale: &mut Stale, name: &CString| match sys::lstat_at(dir, name.as_c_str()) {
+        Ok(st) if st.uid == euid && st.perm() == 0o700 => stale.dirs.push(name.clone()),
+        _ => stale.foreign.push(name.clone()),
+    };
     for (name, kind) in listing {
         let Some(pid) = temp_owner(name.to_bytes()) else {
             continue;
@@ -386,7 +399,7 @@ pub fn remove_stale(dir: BorrowedFd<'_>, listing: &[(CString, Option<Kind>)]) ->
             continue;
         }
         if matches!(kind, Some(Kind::Dir)) {
-            stale.dirs.push(name.clone());
+            staged(&mut stale, name);
             continue;
         }
         match sys::unlink_at(dir, name) {
@@ -395,7 +408,7 @@ pub fn remove_stale(dir: BorrowedFd<'_>, listing: &[(CString, Option<Kind>)]) ->
                 stale.removed.push(name.clone())
             }
             // A filesystem without d_type: the listing did not say it is a directory.
-            Err(e) if e.raw_os_error() == Some(libc::EISDIR) => stale.dirs.push(name.clone()),
+            Err(e) if e.raw_os_error() == Some(libc::EISDIR) => staged(&mut stale, name),
             Err(_) => {}
         }
     }

@@ -181,7 +181,7 @@ impl Drop for Publish<'_> {
         if let Some(dir) = &self.durable
             && let Err(e) = sys::fsync(dir.as_fd())
         {
-            // Left staged: the next run removes it and copies its files again.
+            // Left staged: the next run resumes it.
             return rep.failed(&EntryError::new("fsync", self.loc.path(), e));
         }
         match self.loc.publish(pdst) {
@@ -734,27 +734,22 @@ impl Engine {
                     .verbose(|| format!("removed leftover {}", dir.dst_path(&name).display()));
             }
             for name in stale.dirs {
-                let path = dir.dst_path(&name);
-                // Only what this program staged: a directory of ours, still 0700. Anything
-                // else that merely bears the name is left alone.
-                match sys::lstat_at(dst, name.as_c_str()) {
-                    Ok(st) if st.uid == nix::unistd::geteuid().as_raw() && st.perm() == 0o700 => {
-                        let resumable = staged_for(name.to_bytes())
-                            .and_then(|n| CString::new(n).ok())
-                            .filter(|n| !adoptable.contains_key(n))
-                            .filter(|n| !listing.iter().any(|(l, _)| l == n));
-                        match resumable {
-                            Some(final_name) => {
-                                adoptable.insert(final_name, name);
-                            }
-                            None => self.remove_staged(dst, &name, &path),
-                        }
+                let resumable = staged_for(name.to_bytes())
+                    .and_then(|n| CString::new(n).ok())
+                    .filter(|n| !adoptable.contains_key(n))
+                    .filter(|n| !listing.iter().any(|(l, _)| l == n));
+                match resumable {
+                    Some(final_name) => {
+                        adoptable.insert(final_name, name);
                     }
-                    _ => self.rep.warn(&format!(
-                        "{} looks like a leftover of a killed run but is not owned by this user with mode 0700; left alone",
-                        path.display()
-                    )),
+                    None => self.remove_staged(dst, &name, &dir.dst_path(&name)),
                 }
+            }
+            for name in stale.foreign {
+                self.rep.warn(&format!(
+                    "{} looks like a leftover of a killed run but is not owned by this user with mode 0700; left alone",
+                    dir.dst_path(&name).display()
+                ));
             }
         }
         Some(

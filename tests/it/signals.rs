@@ -15,6 +15,17 @@ use crate::util::{
     first_difference, set_mode, set_times, tempdir, write_big_file, write_random_file,
 };
 
+/// A copy of `src` to `dst` with the given -j, its output discarded.
+fn spawn_quiet(jobs: &str, src: &Path, dst: &Path) -> std::process::Child {
+    Command::new(bin())
+        .args([jobs.as_ref(), src.as_os_str(), dst.as_os_str()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn treecopy")
+}
+
 /// One big non-sparse file: a copy interrupted inside it must not leave it (or its temp file).
 const BIG: u64 = 1 << 30;
 
@@ -124,13 +135,7 @@ fn concurrent_reader_never_sees_partial_final_file() {
     fs::create_dir(&out).unwrap();
     let dst = out.join("big-copy.bin");
 
-    let mut child = Command::new(bin())
-        .args(["-j1".as_ref(), src.as_os_str(), dst.as_os_str()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn treecopy");
+    let mut child = spawn_quiet("-j1", &src, &dst);
     let deadline = Instant::now() + Duration::from_secs(120);
     let (mut polls, mut saw_temp, mut saw_final) = (0u64, false, false);
     let status = loop {
@@ -190,13 +195,7 @@ fn new_directory_appears_only_with_its_files_complete() {
     }
     let dst = tmp.path().join("dst");
     let final_dir = dst.join("fields");
-    let mut child = Command::new(bin())
-        .args(["-j2".as_ref(), src.as_os_str(), dst.as_os_str()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn treecopy");
+    let mut child = spawn_quiet("-j2", &src, &dst);
     let deadline = Instant::now() + Duration::from_secs(120);
     let (mut polls, mut saw_staged) = (0u64, false);
     let status = loop {
