@@ -186,41 +186,95 @@ pub fn temp_owner(name: &[u8]) -> Option<i32> {
     parse_temp(name).map(|(pid, _)| pid)
 }
 
-/// The final name a staged directory's temp name carries, if it carries one.
-pub fn staged_for(name: &[u8]) -> Option<&[u8]> {
-    parse_temp(name).and_then(|(_, final_name)| final_name)
+/// The longest final name a staged directory's temp name carries as it is: NAME_MAX less the
+/// longest rest of a temp name (the prefix, a pid of up to 7 digits, a sequence number of up
+/// to 20, and two separators). A longer one is carried as a hash.
+const CARRIED_NAME_MAX: usize = 255 - TEMP_PREFIX.len() - 7 - 20 - 2;
+
+/// What a staged directory's temp name says of its final name, by which a later run finds the
+/// killed run's copy of a directory to resume: the name, or, for one too long to carry, the
+/// first 16 bytes of its BLAKE3 hash.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum StagedFor {
+    Name(Vec<u8>),
+    Hash([u8; 16]),
 }
 
-/// `<prefix><pid>.<seq>`, or `<prefix><pid>.<seq>.<final name>` for a staged directory.
-fn parse_temp(name: &[u8]) -> Option<(i32, Option<&[u8]>)> {
+impl StagedFor {
+    pub fn of(final_name: &[u8]) -> Self {
+        if final_name.len() <= CARRIED_NAME_MAX {
+            return StagedFor::Name(final_name.to_vec());
+        }
+        let mut first = [0; 16];
+        first.copy_from_slice(&blake3::hash(final_name).as_bytes()[..16]);
+        StagedFor::Hash(first)
+    }
+
+    /// Whether `final_name` is the name this stands for.
+    pub fn is(&self, final_name: &[u8]) -> bool {
+        match self {
+            StagedFor::Name(name) => name == final_name,
+            StagedFor::Hash(_) => {
+                final_name.len() > CARRIED_NAME_MAX && Self::of(final_name) == *self
+            }
+        }
+    }
+}
+
+/// The final name a staged directory's temp name stands for, if it carries one.
+pub fn staged_for(name: &[u8]) -> Option<StagedFor> {
+    parse_temp(name).and_then(|(_, staged)| staged)
+}
+
+/// `<prefix><pid>.<seq>`; for a staged directory `<prefix><pid>.<seq>.<final name>`, or
+/// `<prefix><pid>.<seq>#<32 hex digits>` where the final name is too long to carry.
+fn parse_temp(name: &[u8]) -> Option<(i32, Option<StagedFor>)> {
     let rest = name.strip_prefix(TEMP_PREFIX.as_bytes())?;
     let dot = rest.iter().position(|&b| b == b'.')?;
     let (pid, rest) = (&rest[..dot], &rest[dot + 1..]);
-    let (seq, final_name) = match rest.iter().position(|&b| b == b'.') {
-        Some(dot) => (
-            &rest[..dot],
-            Some(&rest[dot + 1..]).filter(|n| !n.is_empty()),
-        ),
-        None => (rest, None),
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        return None;
+    }
+    let staged = match &rest[digits..] {
+        [] => None,
+        [b'.', final_name @ ..] if !final_name.is_empty() => {
+            Some(StagedFor::Name(final_name.to_vec()))
+        }
+        [b'#', hex @ ..] => Some(StagedFor::Hash(from_hex(hex)?)),
+        _ => return None,
     };
-    if seq.is_empty() || !seq.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    if final_name.is_none() && rest.len() != seq.len() {
-        return None;
-    }
-    Some((std::str::from_utf8(pid).ok()?.parse().ok()?, final_name))
+    Some((std::str::from_utf8(pid).ok()?.parse().ok()?, staged))
 }
 
-/// A fresh temp name for a directory that will be `final_name`, carrying that name where it
-/// fits (NAME_MAX), so that a later run can resume it if this one is killed.
-fn next_staged_name(final_name: &CStr) -> CString {
-    let temp = next_temp_name();
-    let mut bytes = temp.into_bytes();
-    if bytes.len() + 1 + final_name.to_bytes().len() <= 255 {
-        bytes.push(b'.');
-        bytes.extend_from_slice(final_name.to_bytes());
+fn from_hex(hex: &[u8]) -> Option<[u8; 16]> {
+    if hex.len() != 32 {
+        return None;
     }
+    let mut bytes = [0; 16];
+    for (byte, pair) in bytes.iter_mut().zip(hex.chunks(2)) {
+        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(bytes)
+}
+
+/// A fresh temp name for a directory that will be `final_name`, carrying that name (or its
+/// hash), so that a later run can resume it if this one is killed.
+fn next_staged_name(final_name: &CStr) -> CString {
+    let mut bytes = next_temp_name().into_bytes();
+    match StagedFor::of(final_name.to_bytes()) {
+        StagedFor::Name(name) => {
+            bytes.push(b'.');
+            bytes.extend_from_slice(&name);
+        }
+        StagedFor::Hash(hash) => {
+            bytes.push(b'#');
+            for byte in hash {
+                bytes.extend_from_slice(format!("{byte:02x}").as_bytes());
+            }
+        }
+    }
+    debug_assert!(bytes.len() <= 255);
     CString::new(bytes).expect("names hold no NUL")
 }
 
@@ -432,15 +486,33 @@ mod tests {
         assert_eq!(temp_owner(b".treecopy-tmp.123.7.fields"), Some(123));
         assert_eq!(
             staged_for(b".treecopy-tmp.123.7.fields.2026"),
-            Some(&b"fields.2026"[..])
+            Some(StagedFor::Name(b"fields.2026".to_vec()))
         );
         assert_eq!(staged_for(b".treecopy-tmp.123.7"), None);
         assert_eq!(staged_for(b".treecopy-tmp.123.7."), None);
+        assert_eq!(temp_owner(b".treecopy-tmp.123.7#00"), None);
         assert_eq!(temp_owner(b".treecopy-tmp.123.x.fields"), None);
-        let long = CString::new(vec![b'n'; 255]).unwrap();
-        assert_eq!(staged_for(next_staged_name(&long).as_bytes()), None);
+        let longest = vec![b'n'; CARRIED_NAME_MAX];
+        let longest_name = next_staged_name(&CString::new(longest.clone()).unwrap());
+        assert!(StagedFor::of(&longest).is(&longest));
+        assert_eq!(
+            staged_for(longest_name.as_bytes()),
+            Some(StagedFor::of(&longest))
+        );
+        for len in [CARRIED_NAME_MAX + 1, 255] {
+            let long = vec![b'n'; len];
+            let staged = next_staged_name(&CString::new(long.clone()).unwrap());
+            assert!(staged.as_bytes().len() < 100, "{staged:?}");
+            let key = staged_for(staged.as_bytes()).expect("carries a hash");
+            assert!(matches!(key, StagedFor::Hash(_)));
+            assert!(key.is(&long));
+            assert!(!key.is(&vec![b'm'; len]));
+        }
         let short = next_staged_name(c"2026");
-        assert_eq!(staged_for(short.as_bytes()), Some(&b"2026"[..]));
+        assert_eq!(
+            staged_for(short.as_bytes()),
+            Some(StagedFor::Name(b"2026".to_vec()))
+        );
         assert_eq!(
             temp_owner(short.as_bytes()),
             Some(std::process::id() as i32)

@@ -5,8 +5,8 @@
 //! reported and counted, and each directory's metadata is applied when its subtree is done.
 
 use crate::commit::{
-    CommitError, Location, Naming, TempEntry, adopt_staged, at_current, remove_stale, staged_dir,
-    staged_for, temp_owner,
+    CommitError, Location, Naming, StagedFor, TempEntry, adopt_staged, at_current, remove_stale,
+    staged_dir, staged_for, temp_owner,
 };
 use crate::config::{Config, Reflink};
 use crate::copy::{self, DeviceCache};
@@ -663,7 +663,9 @@ impl Engine {
             };
             if kind == Kind::Dir {
                 let dir = Arc::clone(&dir);
-                let leftover = adoptable.remove(name.as_c_str());
+                let leftover = (!adoptable.is_empty())
+                    .then(|| adoptable.remove(&StagedFor::of(name.to_bytes())))
+                    .flatten();
                 scope.spawn(move |scope| self.enter_dir(scope, &dir, &name, hint, leftover));
             } else {
                 others.push((name, kind, hint));
@@ -709,13 +711,14 @@ impl Engine {
     /// is looked up by name.
     ///
     /// A killed run's staged directories whose final name is free go into `adoptable`
-    /// (final name -> leftover), to be resumed; the others are removed.
+    /// (keyed by what their temp names say of their final names), to be resumed; the others are
+    /// removed.
     fn destination_names(
         &self,
         dir: &DirPair,
         dst: BorrowedFd<'_>,
         is_root: bool,
-        adoptable: &mut HashMap<CString, CString>,
+        adoptable: &mut HashMap<StagedFor, CString>,
     ) -> Option<HashMap<CString, Option<Kind>>> {
         let listing = match sys::list_dir(dst) {
             Ok(listing) => listing,
@@ -735,12 +738,11 @@ impl Engine {
             }
             for name in stale.dirs {
                 let resumable = staged_for(name.to_bytes())
-                    .and_then(|n| CString::new(n).ok())
-                    .filter(|n| !adoptable.contains_key(n))
-                    .filter(|n| !listing.iter().any(|(l, _)| l == n));
+                    .filter(|key| !adoptable.contains_key(key))
+                    .filter(|key| !listing.iter().any(|(l, _)| key.is(l.to_bytes())));
                 match resumable {
-                    Some(final_name) => {
-                        adoptable.insert(final_name, name);
+                    Some(key) => {
+                        adoptable.insert(key, name);
                     }
                     None => self.remove_staged(dst, &name, &dir.dst_path(&name)),
                 }

@@ -849,12 +849,24 @@ fn a_directory_that_only_looks_staged_is_left_alone() {
 /// directory instead of copying it again: the finished files keep their inodes.
 #[test]
 fn a_killed_runs_staged_directory_is_resumed() {
+    resumes_killed_staged_directory("x");
+}
+
+/// A name too long to fit in a temp name beside the prefix is carried as a hash, and resumed
+/// all the same.
+#[test]
+fn a_killed_runs_staged_directory_with_a_long_name_is_resumed() {
+    resumes_killed_staged_directory(&"x".repeat(250));
+}
+
+fn resumes_killed_staged_directory(x: &str) {
     let tmp = tempdir();
     let src = tmp.path().join("src");
-    fs::create_dir_all(src.join("x/y/z")).unwrap();
-    write_big_file(&src.join("x/big.bin"), 1 << 30, 0x7E);
-    for (i, f) in ["x/y/g1", "x/y/g2", "x/y/z/e"].iter().enumerate() {
-        write_random_file(&src.join(f), 8192, i as u64);
+    let sx = src.join(x);
+    fs::create_dir_all(sx.join("y/z")).unwrap();
+    write_big_file(&sx.join("big.bin"), 1 << 30, 0x7E);
+    for (i, f) in ["y/g1", "y/g2", "y/z/e"].iter().enumerate() {
+        write_random_file(&sx.join(f), 8192, i as u64);
     }
     for attempt in 0..5 {
         let dst = tmp.path().join(format!("dst{attempt}"));
@@ -891,7 +903,10 @@ fn a_killed_runs_staged_directory_is_resumed() {
         assert!(run.stderr.contains("resuming"), "{}", run.stderr);
         compare_trees(&src, &dst);
         assert_no_temp_files(&dst);
-        let after = (inode(&dst.join("x/y/g1")), inode(&dst.join("x/y/z/e")));
+        let after = (
+            inode(&dst.join(x).join("y/g1")),
+            inode(&dst.join(x).join("y/z/e")),
+        );
         assert_eq!(before, after, "finished files were copied again");
         return;
     }
