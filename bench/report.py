@@ -253,6 +253,8 @@ def machine_lines(meta):
             "; before every run, for every tool: delete the destination, `sync`, "
             + (f"sleep {s['settle_s']} s, " if s.get("settle_s", "0") != "0" else "")
             + "drop caches, read the source once (warm source, cold destination)"
+            + (f", wait {s['quiet_s']} s for freed memory to go back to the host"
+               if s.get("quiet_s", "0") != "0" else "")
             + ("; timing includes `sync -f DST`" if s.get("sync_in_timing") == "1"
                else "; timing stops when the tool exits (writeback not included)")
             + f"; treecopy jobs: {s.get('treecopy_jobs', 'default')}"

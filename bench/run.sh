@@ -45,6 +45,8 @@ environment (defaults in brackets):
                   --runs N (hyperfine runs all of tool A, then all of B) [interleave]
   BENCH_SYNC      1: time "tool && sync -f DST", i.e. include writeback [0]
   BENCH_SETTLE    seconds to sleep after deleting the old destination [0]
+  BENCH_QUIET     seconds to wait at the end of the preparation, for freed
+                  memory to be handed back to the host (bench/prepare.sh) [5]
   BENCH_VERIFY    auto (full content check on round 1, metadata afterwards),
                   meta, full or none [auto]
   BENCH_SCALE     shrink workloads for a quick test, e.g. 0.01 [1]
@@ -421,7 +423,7 @@ EOF
     for w in "${workloads[@]}"; do
         meta_args+=(--workload "$w=$(src_dir "$w" "${pairs[0]}")")
     done
-    for kv in "mode=$BENCH_MODE" "sync_in_timing=$BENCH_SYNC" "settle_s=$BENCH_SETTLE" \
+    for kv in "mode=$BENCH_MODE" "sync_in_timing=$BENCH_SYNC" "settle_s=$BENCH_SETTLE" "quiet_s=${BENCH_QUIET:-5}" \
         "verify=$BENCH_VERIFY" "scale=$BENCH_SCALE" "seed=$BENCH_SEED" \
         "tools=$BENCH_TOOLS" "treecopy_jobs=${TREECOPY_JOBS:-default}" "treecopy_args=$TREECOPY_ARGS" \
         "xcp_jobs=$XCP_JOBS" "xcp_args=$XCP_ARGS" "fcp_jobs=${FCP_JOBS:-default}"; do
