@@ -248,7 +248,7 @@ fn parse_temp(name: &[u8]) -> Option<(i32, Option<StagedFor>)> {
 }
 
 fn from_hex(hex: &[u8]) -> Option<[u8; 16]> {
-    if hex.len() != 32 {
+    if hex.len() != 32 || !hex.iter().all(u8::is_ascii_hexdigit) {
         return None;
     }
     let mut bytes = [0; 16];
@@ -491,6 +491,8 @@ mod tests {
         assert_eq!(staged_for(b".treecopy-tmp.123.7"), None);
         assert_eq!(staged_for(b".treecopy-tmp.123.7."), None);
         assert_eq!(temp_owner(b".treecopy-tmp.123.7#00"), None);
+        let signed = format!(".treecopy-tmp.123.7#+f{}", "0".repeat(30));
+        assert_eq!(temp_owner(signed.as_bytes()), None);
         assert_eq!(temp_owner(b".treecopy-tmp.123.x.fields"), None);
         let longest = vec![b'n'; CARRIED_NAME_MAX];
         let longest_name = next_staged_name(&CString::new(longest.clone()).unwrap());

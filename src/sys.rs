@@ -191,7 +191,9 @@ pub fn rename_at(dir: BorrowedFd<'_>, from: &CStr, to: &CStr) -> io::Result<()> 
 }
 
 /// Renames `from` in `from_dir` to `to` in `to_dir`, failing with EEXIST where `to` exists
-/// (RENAME_NOREPLACE); a plain rename where the filesystem lacks the flag (NFS: EINVAL).
+/// (RENAME_NOREPLACE). Where the filesystem lacks the flag (NFS: EINVAL), `to` is looked up
+/// first and the rename is plain: the no-replace promise then holds but for a name made in
+/// the moment between the two calls.
 pub fn rename_noreplace(
     from_dir: BorrowedFd<'_>,
     from: &CStr,
@@ -200,7 +202,13 @@ pub fn rename_noreplace(
 ) -> io::Result<()> {
     use nix::fcntl::{RenameFlags, renameat, renameat2};
     match renameat2(from_dir, from, to_dir, to, RenameFlags::RENAME_NOREPLACE) {
-        Err(nix::errno::Errno::EINVAL) => Ok(renameat(from_dir, from, to_dir, to)?),
+        Err(nix::errno::Errno::EINVAL) => match lstat_at(to_dir, to) {
+            Ok(_) => Err(io::Error::from_raw_os_error(libc::EEXIST)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(renameat(from_dir, from, to_dir, to)?)
+            }
+            Err(e) => Err(e),
+        },
         result => Ok(result?),
     }
 }

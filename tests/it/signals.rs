@@ -250,37 +250,46 @@ fn new_directory_appears_only_with_its_files_complete() {
     );
 }
 
-/// Starts a copy of `src` into the existing `dst` and, as soon as a staged directory shows up
-/// in `dst`, runs `intrude` (which makes `dst/x` meanwhile). Returns the run's status and
-/// stderr, or None if the copy published `x` before the intrusion could happen.
+/// Copies `src` into a new, existing `dst` under `tmp` and, as soon as a staged directory
+/// shows up there, runs `intrude` (which makes `dst/x` meanwhile). Tries up to three times,
+/// since the copy may publish `x` before the intrusion can happen, and panics if it always
+/// does. Returns the destination, the run's status and its stderr.
 fn copy_while_x_appears(
+    tmp: &Path,
     src: &Path,
-    dst: &Path,
     intrude: impl Fn(&Path) -> std::io::Result<()>,
-) -> Option<(std::process::ExitStatus, String)> {
-    let mut child = Command::new(bin())
-        .args(["-j2".as_ref(), src.as_os_str(), dst.as_os_str()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn treecopy");
-    let (_out, err) = drain(&mut child);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut intruded = false;
-    while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
-        let staged = fs::read_dir(dst).unwrap().flatten().any(|e| {
-            e.file_name().as_bytes().starts_with(TMP_PREFIX.as_bytes())
-                && e.file_type().is_ok_and(|t| t.is_dir())
-        });
-        if staged {
-            intruded = intrude(&dst.join("x")).is_ok();
-            break;
+) -> (std::path::PathBuf, std::process::ExitStatus, String) {
+    for attempt in 0..3 {
+        let dst = tmp.join(format!("dst{attempt}"));
+        fs::create_dir(&dst).unwrap();
+        let mut child = Command::new(bin())
+            .args(["-j2".as_ref(), src.as_os_str(), dst.as_os_str()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn treecopy");
+        let (_out, err) = drain(&mut child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut intruded = false;
+        while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+            let staged = fs::read_dir(&dst).unwrap().flatten().any(|e| {
+                e.file_name().as_bytes().starts_with(TMP_PREFIX.as_bytes())
+                    && e.file_type().is_ok_and(|t| t.is_dir())
+            });
+            if staged {
+                intruded = intrude(&dst.join("x")).is_ok();
+                break;
+            }
         }
+        let status = child.wait().unwrap();
+        let stderr = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
+        if intruded {
+            return (dst, status, stderr);
+        }
+        eprintln!("attempt {attempt}: x was published before it could be made");
     }
-    let status = child.wait().unwrap();
-    let stderr = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
-    intruded.then_some((status, stderr))
+    panic!("the directory was always published before another could take its name");
 }
 
 fn source_with_a_slow_directory(tmp: &Path) -> std::path::PathBuf {
@@ -297,30 +306,21 @@ fn source_with_a_slow_directory(tmp: &Path) -> std::path::PathBuf {
 fn a_directory_made_meanwhile_under_the_final_name_is_merged_into() {
     let tmp = tempdir();
     let src = source_with_a_slow_directory(tmp.path());
-    for attempt in 0..3 {
-        let dst = tmp.path().join(format!("dst{attempt}"));
-        fs::create_dir(&dst).unwrap();
-        let Some((status, stderr)) = copy_while_x_appears(&src, &dst, |x| {
-            fs::create_dir(x)?;
-            fs::write(x.join("precious"), b"mine")
-        }) else {
-            eprintln!("attempt {attempt}: x was published before it could be made");
-            continue;
-        };
-        assert_eq!(status.code(), Some(0), "{stderr}");
-        assert_eq!(fs::read(dst.join("x/precious")).unwrap(), b"mine");
-        assert_eq!(
-            first_difference(&src.join("x/big.bin"), &dst.join("x/big.bin")).unwrap(),
-            None
-        );
-        assert_eq!(
-            first_difference(&src.join("x/small"), &dst.join("x/small")).unwrap(),
-            None
-        );
-        assert_no_temp_files(&dst);
-        return;
-    }
-    panic!("the directory was always published before another could take its name");
+    let (dst, status, stderr) = copy_while_x_appears(tmp.path(), &src, |x| {
+        fs::create_dir(x)?;
+        fs::write(x.join("precious"), b"mine")
+    });
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(fs::read(dst.join("x/precious")).unwrap(), b"mine");
+    assert_eq!(
+        first_difference(&src.join("x/big.bin"), &dst.join("x/big.bin")).unwrap(),
+        None
+    );
+    assert_eq!(
+        first_difference(&src.join("x/small"), &dst.join("x/small")).unwrap(),
+        None
+    );
+    assert_no_temp_files(&dst);
 }
 
 /// A file made meanwhile under a staged directory's final name is not replaced: the
@@ -329,22 +329,12 @@ fn a_directory_made_meanwhile_under_the_final_name_is_merged_into() {
 fn a_file_made_meanwhile_under_the_final_name_is_kept_and_reported() {
     let tmp = tempdir();
     let src = source_with_a_slow_directory(tmp.path());
-    for attempt in 0..3 {
-        let dst = tmp.path().join(format!("dst{attempt}"));
-        fs::create_dir(&dst).unwrap();
-        let Some((status, stderr)) = copy_while_x_appears(&src, &dst, |x| fs::write(x, b"mine"))
-        else {
-            eprintln!("attempt {attempt}: x was published before it could be made");
-            continue;
-        };
-        assert_eq!(status.code(), Some(1), "{stderr}");
-        assert!(
-            stderr.contains(&format!("{}: a non-directory", dst.join("x").display())),
-            "{stderr}"
-        );
-        assert_eq!(fs::read(dst.join("x")).unwrap(), b"mine");
-        assert_no_temp_files(&dst);
-        return;
-    }
-    panic!("the directory was always published before another could take its name");
+    let (dst, status, stderr) = copy_while_x_appears(tmp.path(), &src, |x| fs::write(x, b"mine"));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}: a non-directory", dst.join("x").display())),
+        "{stderr}"
+    );
+    assert_eq!(fs::read(dst.join("x")).unwrap(), b"mine");
+    assert_no_temp_files(&dst);
 }
