@@ -60,7 +60,7 @@ main() {
             treecopy) echo "$treecopy -q" ;;
             cp) echo "cp -a" ;;
             rsync) echo "rsync -a" ;;
-            xcp) echo "$peers/xcp -w16" ;;
+            xcp) echo "$peers/xcp -r -o --no-progress --workers 16" ;;
             fcp) echo "$peers/fcp" ;;
             cpz) echo "$peers/cpz" ;;
             */*) [[ -x $1 ]] || die "$1 is not executable"; echo "$1 -q" ;;

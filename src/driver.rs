@@ -20,6 +20,7 @@ use crate::meta::{Applied, Created, MetaError, Node, Preserver};
 use crate::report::Reporter;
 use crate::sys::{self, Kind, Stat};
 use crate::walk::Plan;
+use crate::writeback::WriteBehind;
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
@@ -265,6 +266,9 @@ enum Hint {
 pub struct Engine {
     rep: Reporter,
     cache: DeviceCache,
+    /// Large files on local disks are written out and dropped from the page cache while they
+    /// are copied (src/writeback.rs).
+    write_behind: WriteBehind,
     meta: Preserver,
     links: HardLinks<LinkTarget>,
     opts: Options,
@@ -353,6 +357,7 @@ impl Engine {
         Engine {
             rep,
             cache: DeviceCache::default(),
+            write_behind: WriteBehind::default(),
             meta: Preserver::new(opts.xattrs),
             links: HardLinks::default(),
             opts,
@@ -1342,6 +1347,7 @@ impl Engine {
             src_remote: dir.remote_src,
             dst_remote: !dir.local_dst,
             chunk_workers: rayon::current_num_threads(),
+            write_behind: dir.local_dst.then_some(&self.write_behind),
         };
         let (bytes, method) = copy::copy(&self.cache, &job, &self.rep)?;
         self.rep.verbose(|| {

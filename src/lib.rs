@@ -20,6 +20,7 @@ pub mod signal;
 pub mod summary;
 pub mod sys;
 pub mod walk;
+pub mod writeback;
 
 use config::{Config, ProgressMode};
 use filter::Filter;

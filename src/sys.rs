@@ -553,6 +553,29 @@ pub fn drop_cache(fd: BorrowedFd<'_>) {
     let _ = posix_fadvise(fd, 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
 }
 
+/// Writes a range of a file's dirty pages to disk and waits for them (sync_file_range(2)):
+/// neither the file's metadata nor the disk's cache, just the data's writeback.
+pub fn write_out(fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: plain syscall on a descriptor we borrow; no memory is passed.
+    let ret = unsafe { libc::sync_file_range(fd.as_raw_fd(), offset as i64, len as i64, flags) };
+    Errno::result(ret).map(drop)
+}
+
+/// Drops a range's clean cached pages (dirty ones stay).
+pub fn drop_cache_range(fd: BorrowedFd<'_>, offset: u64, len: u64) {
+    use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
+    let _ = posix_fadvise(
+        fd,
+        offset as i64,
+        len as i64,
+        PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    );
+}
+
 /// Reads at an offset, leaving the file offset alone.
 pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> Result<usize, Errno> {
     nix::sys::uio::pread(fd, buf, offset as i64)

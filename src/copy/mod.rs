@@ -8,6 +8,7 @@ use crate::config::Reflink;
 use crate::error::{EntryError, EntryResult};
 use crate::report::Reporter;
 use crate::sys;
+use crate::writeback::{Behind, WRITE_BEHIND_FROM, WriteBehind};
 use decide::{Decision, Event, decide};
 use nix::errno::Errno;
 use std::collections::HashMap;
@@ -165,6 +166,9 @@ pub struct Job<'a> {
     pub dst_remote: bool,
     /// How many workers may copy chunks of this file at once (1: one stream).
     pub chunk_workers: usize,
+    /// Where a large file's written ranges go to be written out and dropped from the cache
+    /// as the copy goes on (local destinations).
+    pub write_behind: Option<&'a WriteBehind>,
 }
 
 impl Job<'_> {
@@ -286,6 +290,9 @@ struct Copy<'c, 'j> {
     /// A network server copies this file itself: one request asks it for up to
     /// SERVER_COPY_CHUNK, since each request is a round trip and the server's work is the same.
     server_copy: bool,
+    /// Write-behind of a file copied in one stream from offset 0, so `copied` is how far the
+    /// destination is written.
+    behind: Option<Behind<'j>>,
 }
 
 /// Copies the whole file, returning the byte count and the method that did it.
@@ -310,6 +317,7 @@ pub fn copy(cache: &DeviceCache, job: &Job<'_>, rep: &Reporter) -> EntryResult<(
         copied: 0,
         skip_zeros: false,
         server_copy: false,
+        behind: None,
     };
     let trusted = job.size_trusted();
     if job.sparse(trusted) {
@@ -318,6 +326,9 @@ pub fn copy(cache: &DeviceCache, job: &Job<'_>, rep: &Reporter) -> EntryResult<(
         run.copy_in_chunks()?;
     } else {
         let want = trusted.then_some(job.size);
+        if want.is_some_and(|size| size >= WRITE_BEHIND_FROM) {
+            run.behind = job.write_behind.and_then(|wb| wb.file(job.dst));
+        }
         run.copy_span(Span { want, done: 0 })?;
     }
     Ok((run.copied, run.method))
@@ -487,6 +498,9 @@ impl Copy<'_, '_> {
         self.copied += n as u64;
         span.done += n as u64;
         self.rep.copied_bytes(n as u64);
+        if let Some(behind) = &mut self.behind {
+            behind.written(self.copied);
+        }
     }
 
     /// Runs a method the kernel copies with (copy_file_range, sendfile) over the span. The
@@ -758,6 +772,7 @@ mod tests {
             src_remote: false,
             dst_remote: false,
             chunk_workers: 1,
+            write_behind: None,
         };
         write_skipping_zeros(&job, &data).unwrap();
         sys::set_len(file.as_fd(), data.len() as u64).unwrap();

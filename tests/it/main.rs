@@ -13,3 +13,4 @@ mod hostile;
 mod mirror;
 mod nfs;
 mod signals;
+mod writeback;

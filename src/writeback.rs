@@ -1,0 +1,124 @@
+//! Write-behind for large files on local disks: the ranges a copy has written are handed to a
+//! background thread, which writes them out and then drops them from the page cache.
+//!
+//! Why: a copy of many GiB otherwise leaves every written page dirty in memory. The pages it
+//! writes into are fresh ones, which on a VM is a host fault per page, and once dirty data
+//! passes the kernel's threshold the writers are throttled anyway. Pages written out and
+//! dropped while the copy goes on are reused by its next writes instead. The copy itself
+//! never waits for the disk: a range the thread has no room for is left to the kernel's own
+//! writeback, as it would be without this.
+//!
+//! The thread works on its own open file description of each file, so what it learns from
+//! writeback (an I/O error) is not taken from the copy's descriptor: a later fsync of that
+//! descriptor still reports it.
+
+use crate::sys;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, OnceLock};
+
+/// Files at least this large are written behind; smaller ones are done before writeback
+/// would start.
+pub const WRITE_BEHIND_FROM: u64 = 64 << 20;
+/// A range handed over: large enough that a call per range is nothing, small enough that the
+/// call the thread is in when treecopy exits (waiting for the disk) ends soon.
+const STEP: u64 = 16 << 20;
+/// Ranges waiting for the thread, at most (each holds its file open).
+const QUEUE: usize = 128;
+
+enum Message {
+    Range {
+        file: Arc<OwnedFd>,
+        offset: u64,
+        len: u64,
+    },
+    /// Answered once everything sent before it is done.
+    Flush(mpsc::Sender<()>),
+}
+
+/// The background thread, started by the first large file.
+#[derive(Default)]
+pub struct WriteBehind {
+    sender: OnceLock<Option<SyncSender<Message>>>,
+}
+
+impl WriteBehind {
+    fn sender(&self) -> Option<&SyncSender<Message>> {
+        self.sender
+            .get_or_init(|| {
+                let (tx, rx) = mpsc::sync_channel(QUEUE);
+                std::thread::Builder::new()
+                    .name("write-behind".into())
+                    .spawn(move || serve(rx))
+                    .ok()
+                    .map(|_| tx)
+            })
+            .as_ref()
+    }
+
+    /// Write-behind for the file open as `dst`, which the caller writes from offset 0 on; None
+    /// where no thread or no second descriptor can be had (the copy goes on without).
+    pub fn file(&self, dst: BorrowedFd<'_>) -> Option<Behind<'_>> {
+        let sender = self.sender()?;
+        let file = Arc::new(sys::reopen(dst, false, false)?);
+        Some(Behind {
+            sender,
+            file,
+            sent_to: 0,
+        })
+    }
+
+    /// Waits until every range handed over so far is written out and dropped.
+    pub fn flush(&self) {
+        let Some(sender) = self.sender() else {
+            return;
+        };
+        let (tx, rx) = mpsc::channel();
+        if sender.send(Message::Flush(tx)).is_ok() {
+            let _ = rx.recv();
+        }
+    }
+}
+
+fn serve(rx: Receiver<Message>) {
+    for message in rx {
+        match message {
+            Message::Range { file, offset, len } => {
+                // Pages still dirty are not dropped, so the drop waits for the write: a
+                // failed write leaves its pages (and its error) to the copy's descriptor.
+                if sys::write_out(file.as_fd(), offset, len).is_ok() {
+                    sys::drop_cache_range(file.as_fd(), offset, len);
+                }
+            }
+            Message::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// One file's write-behind: told how far the copy has written, it hands over each STEP.
+pub struct Behind<'w> {
+    sender: &'w SyncSender<Message>,
+    file: Arc<OwnedFd>,
+    sent_to: u64,
+}
+
+impl Behind<'_> {
+    /// The file's first `end` bytes are written.
+    pub fn written(&mut self, end: u64) {
+        if end < self.sent_to.saturating_add(STEP) {
+            return;
+        }
+        let message = Message::Range {
+            file: Arc::clone(&self.file),
+            offset: self.sent_to,
+            len: end - self.sent_to,
+        };
+        match self.sender.try_send(message) {
+            // Full: the thread is behind the disk; these pages are left to the kernel.
+            Ok(()) | Err(TrySendError::Full(_)) => self.sent_to = end,
+            Err(TrySendError::Disconnected(_)) => self.sent_to = u64::MAX,
+        }
+    }
+}
