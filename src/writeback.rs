@@ -14,16 +14,18 @@
 
 use crate::sys;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, OnceLock};
 
-/// Files at least this large are written behind; smaller ones are done before writeback
-/// would start.
-pub const WRITE_BEHIND_FROM: u64 = 64 << 20;
+/// Files at least this large are written behind: below it the reopen and the two calls per
+/// file would cost more than the pages are worth (W1's files are 1-16 KiB).
+pub const WRITE_BEHIND_FROM: u64 = 1 << 20;
 /// A range handed over: large enough that a call per range is nothing, small enough that the
 /// call the thread is in when treecopy exits (waiting for the disk) ends soon.
 const STEP: u64 = 16 << 20;
-/// Ranges waiting for the thread, at most (each holds its file open).
+/// Ranges waiting for the thread, at most (each holds its file open). With the queue full the
+/// thread is behind the disk, and a new file is not written behind at all.
 const QUEUE: usize = 128;
 
 enum Message {
@@ -40,6 +42,8 @@ enum Message {
 #[derive(Default)]
 pub struct WriteBehind {
     sender: OnceLock<Option<SyncSender<Message>>>,
+    /// Ranges sent and not yet done, shared with the thread.
+    pending: Arc<AtomicUsize>,
 }
 
 impl WriteBehind {
@@ -47,9 +51,10 @@ impl WriteBehind {
         self.sender
             .get_or_init(|| {
                 let (tx, rx) = mpsc::sync_channel(QUEUE);
+                let pending = Arc::clone(&self.pending);
                 std::thread::Builder::new()
                     .name("write-behind".into())
-                    .spawn(move || serve(rx))
+                    .spawn(move || serve(rx, &pending))
                     .ok()
                     .map(|_| tx)
             })
@@ -60,9 +65,13 @@ impl WriteBehind {
     /// where no thread or no second descriptor can be had (the copy goes on without).
     pub fn file(&self, dst: BorrowedFd<'_>) -> Option<Behind<'_>> {
         let sender = self.sender()?;
+        if self.pending.load(Ordering::Relaxed) >= QUEUE {
+            return None;
+        }
         let file = Arc::new(sys::reopen(dst, false, false)?);
         Some(Behind {
             sender,
+            pending: &self.pending,
             file,
             sent_to: 0,
         })
@@ -80,7 +89,7 @@ impl WriteBehind {
     }
 }
 
-fn serve(rx: Receiver<Message>) {
+fn serve(rx: Receiver<Message>, pending: &AtomicUsize) {
     for message in rx {
         match message {
             Message::Range { file, offset, len } => {
@@ -89,6 +98,7 @@ fn serve(rx: Receiver<Message>) {
                 if sys::write_out(file.as_fd(), offset, len).is_ok() {
                     sys::drop_cache_range(file.as_fd(), offset, len);
                 }
+                pending.fetch_sub(1, Ordering::Relaxed);
             }
             Message::Flush(done) => {
                 let _ = done.send(());
@@ -97,9 +107,11 @@ fn serve(rx: Receiver<Message>) {
     }
 }
 
-/// One file's write-behind: told how far the copy has written, it hands over each STEP.
+/// One file's write-behind: told how far the copy has written, it hands over each STEP, and
+/// the rest when the copy is done.
 pub struct Behind<'w> {
     sender: &'w SyncSender<Message>,
+    pending: &'w AtomicUsize,
     file: Arc<OwnedFd>,
     sent_to: u64,
 }
@@ -107,18 +119,36 @@ pub struct Behind<'w> {
 impl Behind<'_> {
     /// The file's first `end` bytes are written.
     pub fn written(&mut self, end: u64) {
-        if end < self.sent_to.saturating_add(STEP) {
-            return;
+        if end >= self.sent_to.saturating_add(STEP) {
+            self.hand_over(end);
         }
+    }
+
+    /// The copy wrote `end` bytes in all.
+    pub fn finish(mut self, end: u64) {
+        if end > self.sent_to {
+            self.hand_over(end);
+        }
+    }
+
+    fn hand_over(&mut self, end: u64) {
         let message = Message::Range {
             file: Arc::clone(&self.file),
             offset: self.sent_to,
             len: end - self.sent_to,
         };
+        self.pending.fetch_add(1, Ordering::Relaxed);
         match self.sender.try_send(message) {
+            Ok(()) => self.sent_to = end,
             // Full: the thread is behind the disk; these pages are left to the kernel.
-            Ok(()) | Err(TrySendError::Full(_)) => self.sent_to = end,
-            Err(TrySendError::Disconnected(_)) => self.sent_to = u64::MAX,
+            Err(TrySendError::Full(_)) => {
+                self.pending.fetch_sub(1, Ordering::Relaxed);
+                self.sent_to = end;
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.pending.fetch_sub(1, Ordering::Relaxed);
+                self.sent_to = u64::MAX;
+            }
         }
     }
 }

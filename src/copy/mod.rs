@@ -330,6 +330,9 @@ pub fn copy(cache: &DeviceCache, job: &Job<'_>, rep: &Reporter) -> EntryResult<(
             run.behind = job.write_behind.and_then(|wb| wb.file(job.dst));
         }
         run.copy_span(Span { want, done: 0 })?;
+        if let Some(behind) = run.behind.take() {
+            behind.finish(run.copied);
+        }
     }
     Ok((run.copied, run.method))
 }

@@ -82,8 +82,7 @@ fn written_ranges_leave_the_page_cache_once_on_disk() {
     let mut behind = wb
         .file(file.as_fd())
         .expect("write-behind for a file on XFS");
-    // In steps, as a copy reports its progress; the last 8 MiB are less than a step and are
-    // left to the kernel.
+    // In steps, as a copy reports its progress: what is less than a step waits for more.
     for end in (1..=11).map(|i| i * 8 * MIB) {
         behind.written(end);
     }
@@ -97,6 +96,14 @@ fn written_ranges_leave_the_page_cache_once_on_disk() {
     assert!(
         cached * 8 >= pages,
         "{cached} of {pages} pages cached: more than what was handed over was dropped"
+    );
+    // The end of the copy hands over the rest.
+    behind.finish(len);
+    wb.flush();
+    let (cached, pages) = resident_pages(&behind_path);
+    assert!(
+        cached * 32 <= pages,
+        "{cached} of {pages} pages still cached after the rest was handed over"
     );
 }
 
