@@ -565,6 +565,21 @@ pub fn write_out(fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<(), Errno>
     Errno::result(ret).map(drop)
 }
 
+/// Starts writing a range of a file's dirty pages to disk, without waiting for it.
+pub fn start_write_out(fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscall on a descriptor we borrow; no memory is passed.
+    let ret = unsafe {
+        libc::sync_file_range(
+            fd.as_raw_fd(),
+            offset as i64,
+            len as i64,
+            libc::SYNC_FILE_RANGE_WRITE,
+        )
+    };
+    Errno::result(ret).map(drop)
+}
+
 /// Drops a range's clean cached pages (dirty ones stay).
 pub fn drop_cache_range(fd: BorrowedFd<'_>, offset: u64, len: u64) {
     use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};

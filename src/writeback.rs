@@ -24,6 +24,10 @@ pub const WRITE_BEHIND_FROM: u64 = 1 << 20;
 /// A range handed over: large enough that a call per range is nothing, small enough that the
 /// call the thread is in when treecopy exits (waiting for the disk) ends soon.
 const STEP: u64 = 16 << 20;
+/// What the thread waits for in one call (about 5 ms of this VM's disk).
+const WAIT_PIECE: u64 = 2 << 20;
+/// What the thread keeps submitted to the disk at most (about 40 ms of it).
+const AHEAD: u64 = 16 << 20;
 /// Ranges waiting for the thread, at most (each holds its file open). With the queue full the
 /// thread is behind the disk, and a new file is not written behind at all.
 const QUEUE: usize = 128;
@@ -93,17 +97,38 @@ fn serve(rx: Receiver<Message>, pending: &AtomicUsize) {
     for message in rx {
         match message {
             Message::Range { file, offset, len } => {
-                // Pages still dirty are not dropped, so the drop waits for the write: a
-                // failed write leaves its pages (and its error) to the copy's descriptor.
-                if sys::write_out(file.as_fd(), offset, len).is_ok() {
-                    sys::drop_cache_range(file.as_fd(), offset, len);
-                }
+                write_out(file.as_fd(), offset, len);
                 pending.fetch_sub(1, Ordering::Relaxed);
             }
             Message::Flush(done) => {
                 let _ = done.send(());
             }
         }
+    }
+}
+
+/// Writes the range out and drops it a piece at a time, with at most AHEAD bytes submitted
+/// past the piece waited for. The copy's own reads of metadata (a create reads its inode
+/// bitmap and table block) queue behind what this thread has submitted: with a whole 64 MiB
+/// range submitted at once, one create waited 0.67 s, and every other creator waited for its
+/// lock; with one 2 MiB piece at a time the disk idles between pieces and less is recycled.
+/// And a wait cannot be interrupted: when treecopy exits, the exit waits for the piece.
+fn write_out(file: BorrowedFd<'_>, offset: u64, len: u64) {
+    let end = offset + len;
+    let mut at = offset;
+    while at < end {
+        // Pages already under writeback are not dirty: this submits only the window's new end.
+        if sys::start_write_out(file, at, AHEAD.min(end - at)).is_err() {
+            return;
+        }
+        let piece = WAIT_PIECE.min(end - at);
+        // Pages still dirty are not dropped, so the drop waits for the write: a failed
+        // write leaves its pages (and its error) to the copy's descriptor.
+        if sys::write_out(file, at, piece).is_err() {
+            return;
+        }
+        sys::drop_cache_range(file, at, piece);
+        at += piece;
     }
 }
 
