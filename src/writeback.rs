@@ -1,12 +1,14 @@
-//! Write-behind for large files on local disks: the ranges a copy has written are handed to a
-//! background thread, which writes them out and then drops them from the page cache.
+//! Write-behind for files of 1 MiB or more on local disks: the ranges a copy has written are
+//! handed to a background thread, which writes them out and then drops them from the page
+//! cache.
 //!
-//! Why: a copy of many GiB otherwise leaves every written page dirty in memory. The pages it
-//! writes into are fresh ones, which on a VM is a host fault per page, and once dirty data
-//! passes the kernel's threshold the writers are throttled anyway. Pages written out and
-//! dropped while the copy goes on are reused by its next writes instead. The copy itself
-//! never waits for the disk: a range the thread has no room for is left to the kernel's own
-//! writeback, as it would be without this.
+//! Why: a copy of many GiB otherwise leaves every written page dirty in memory, each a page
+//! the kernel had to hand out fresh. On this project's VM a page costs about 11 us the first
+//! time it is touched (bench/first-touch.py), and once dirty data passes the kernel's
+//! threshold the writers are throttled anyway. Pages written out and dropped while the copy
+//! goes on are reused by its next writes instead. The copy itself never waits for the disk:
+//! a range the thread has no room for is left to the kernel's own writeback, as it would be
+//! without this.
 //!
 //! The thread works on its own open file description of each file, so what it learns from
 //! writeback (an I/O error) is not taken from the copy's descriptor: a later fsync of that
@@ -21,8 +23,8 @@ use std::sync::{Arc, OnceLock};
 /// Files at least this large are written behind: below it the reopen and the two calls per
 /// file would cost more than the pages are worth (W1's files are 1-16 KiB).
 pub const WRITE_BEHIND_FROM: u64 = 1 << 20;
-/// A range handed over: large enough that a call per range is nothing, small enough that the
-/// call the thread is in when treecopy exits (waiting for the disk) ends soon.
+/// A range handed over while a file is copied: large enough that a message per range is
+/// nothing, small enough that the thread follows the copy closely.
 const STEP: u64 = 16 << 20;
 /// What the thread waits for in one call (about 5 ms of this VM's disk).
 const WAIT_PIECE: u64 = 2 << 20;
