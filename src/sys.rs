@@ -549,34 +549,25 @@ pub fn fsync(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// Drops the cached pages of a file whose data is on disk, so that reading it back reads the
 /// disk (or the server), not our own writes in the page cache.
 pub fn drop_cache(fd: BorrowedFd<'_>) {
-    use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
-    let _ = posix_fadvise(fd, 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+    // A length of 0 is to the end of the file.
+    drop_cache_range(fd, 0, 0);
 }
 
-/// Writes a range of a file's dirty pages to disk and waits for them (sync_file_range(2)):
-/// neither the file's metadata nor the disk's cache, just the data's writeback.
-pub fn write_out(fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<(), Errno> {
+/// Writes a range of a file's dirty pages to disk (sync_file_range(2)), waiting for them, and
+/// for what was already under writeback there, if `wait`: neither the file's metadata nor the
+/// disk's cache, just the data's writeback.
+pub fn write_out(fd: BorrowedFd<'_>, offset: u64, len: u64, wait: bool) -> Result<(), Errno> {
     use std::os::fd::AsRawFd;
-    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
-        | libc::SYNC_FILE_RANGE_WRITE
-        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    let flags = match wait {
+        true => {
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER
+        }
+        false => libc::SYNC_FILE_RANGE_WRITE,
+    };
     // SAFETY: plain syscall on a descriptor we borrow; no memory is passed.
     let ret = unsafe { libc::sync_file_range(fd.as_raw_fd(), offset as i64, len as i64, flags) };
-    Errno::result(ret).map(drop)
-}
-
-/// Starts writing a range of a file's dirty pages to disk, without waiting for it.
-pub fn start_write_out(fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<(), Errno> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: plain syscall on a descriptor we borrow; no memory is passed.
-    let ret = unsafe {
-        libc::sync_file_range(
-            fd.as_raw_fd(),
-            offset as i64,
-            len as i64,
-            libc::SYNC_FILE_RANGE_WRITE,
-        )
-    };
     Errno::result(ret).map(drop)
 }
 

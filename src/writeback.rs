@@ -120,13 +120,13 @@ fn write_out(file: BorrowedFd<'_>, offset: u64, len: u64) {
     let mut at = offset;
     while at < end {
         // Pages already under writeback are not dirty: this submits only the window's new end.
-        if sys::start_write_out(file, at, AHEAD.min(end - at)).is_err() {
+        if sys::write_out(file, at, AHEAD.min(end - at), false).is_err() {
             return;
         }
         let piece = WAIT_PIECE.min(end - at);
         // Pages still dirty are not dropped, so the drop waits for the write: a failed
         // write leaves its pages (and its error) to the copy's descriptor.
-        if sys::write_out(file, at, piece).is_err() {
+        if sys::write_out(file, at, piece, true).is_err() {
             return;
         }
         sys::drop_cache_range(file, at, piece);
@@ -164,18 +164,18 @@ impl Behind<'_> {
             offset: self.sent_to,
             len: end - self.sent_to,
         };
+        // Counted before the send, so the thread never counts it down first.
         self.pending.fetch_add(1, Ordering::Relaxed);
-        match self.sender.try_send(message) {
-            Ok(()) => self.sent_to = end,
-            // Full: the thread is behind the disk; these pages are left to the kernel.
-            Err(TrySendError::Full(_)) => {
+        self.sent_to = match self.sender.try_send(message) {
+            Ok(()) => end,
+            Err(refused) => {
                 self.pending.fetch_sub(1, Ordering::Relaxed);
-                self.sent_to = end;
+                match refused {
+                    // The thread is behind the disk: these pages are left to the kernel.
+                    TrySendError::Full(_) => end,
+                    TrySendError::Disconnected(_) => u64::MAX,
+                }
             }
-            Err(TrySendError::Disconnected(_)) => {
-                self.pending.fetch_sub(1, Ordering::Relaxed);
-                self.sent_to = u64::MAX;
-            }
-        }
+        };
     }
 }

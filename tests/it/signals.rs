@@ -17,11 +17,20 @@ use crate::util::{
 
 /// A copy of `src` to `dst` with the given -j, its output discarded.
 fn spawn_quiet(jobs: &str, src: &Path, dst: &Path) -> std::process::Child {
+    spawn_with(jobs, src, dst, Stdio::null)
+}
+
+/// A copy of `src` to `dst` with the given -j, its output piped (for `drain`).
+fn spawn_piped(jobs: &str, src: &Path, dst: &Path) -> std::process::Child {
+    spawn_with(jobs, src, dst, Stdio::piped)
+}
+
+fn spawn_with(jobs: &str, src: &Path, dst: &Path, out: fn() -> Stdio) -> std::process::Child {
     Command::new(bin())
         .args([jobs.as_ref(), src.as_os_str(), dst.as_os_str()])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(out())
+        .stderr(out())
         .spawn()
         .expect("spawn treecopy")
 }
@@ -55,18 +64,7 @@ fn interrupt_mid_copy(sig: libc::c_int, jobs: &str, seed: u64) {
     for round in 0..4 {
         add_small_files(&src, round);
         let dst = tmp.path().join(format!("dst{round}"));
-        let mut child = Command::new(bin())
-            .args([
-                "-j".as_ref(),
-                jobs.as_ref(),
-                src.as_os_str(),
-                dst.as_os_str(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn treecopy");
+        let mut child = spawn_piped(&format!("-j{jobs}"), &src, &dst);
         let (_out, err) = drain(&mut child);
         thread::sleep(Duration::from_millis(300));
         if let Some(st) = child.try_wait().unwrap() {
@@ -262,13 +260,7 @@ fn copy_while_x_appears(
     for attempt in 0..3 {
         let dst = tmp.join(format!("dst{attempt}"));
         fs::create_dir(&dst).unwrap();
-        let mut child = Command::new(bin())
-            .args(["-j2".as_ref(), src.as_os_str(), dst.as_os_str()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn treecopy");
+        let mut child = spawn_piped("-j2", src, &dst);
         let (_out, err) = drain(&mut child);
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut intruded = false;
