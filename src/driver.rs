@@ -126,6 +126,7 @@ impl DirPair<'_> {
                             meta,
                             self.inherited_acls,
                             self.created,
+                            None,
                         )
                         .map(Some)
                 };
@@ -269,6 +270,8 @@ pub struct Engine {
     /// Large files on local disks are written out and dropped from the page cache while they
     /// are copied (src/writeback.rs).
     write_behind: WriteBehind,
+    /// Requests of network sources made on helper threads (src/aside.rs).
+    aside: crate::aside::Aside,
     meta: Preserver,
     links: HardLinks<LinkTarget>,
     opts: Options,
@@ -358,6 +361,7 @@ impl Engine {
             rep,
             cache: DeviceCache::default(),
             write_behind: WriteBehind::default(),
+            aside: crate::aside::Aside::default(),
             meta: Preserver::new(opts.xattrs),
             links: HardLinks::default(),
             opts,
@@ -1262,7 +1266,15 @@ impl Engine {
                 (src, st)
             }
         };
-        let bytes = self.write_file(at, &src, &st)?;
+        // From a network source, the xattr listing and the close are requests of their own
+        // that the copy need not wait for (src/aside.rs).
+        let src = Arc::new(src);
+        let listed = (dir.remote_src && self.opts.xattrs).then(|| self.aside.list_xattrs(&src));
+        let written = self.write_file(at, &src, &st, listed);
+        if dir.remote_src {
+            self.aside.close(src);
+        }
+        let bytes = written?;
         if let Some(first) = first {
             first.committed(at.target());
         }
@@ -1296,7 +1308,13 @@ impl Engine {
 
     /// Writes the file's data and metadata to a temp file and commits it over its name.
     /// Returns the bytes copied.
-    fn write_file(&self, at: &At, src: &OwnedFd, st: &Stat) -> EntryResult<u64> {
+    fn write_file(
+        &self,
+        at: &At,
+        src: &OwnedFd,
+        st: &Stat,
+        listed: Option<crate::aside::Pending>,
+    ) -> EntryResult<u64> {
         let dir = at.dir;
         let dst_dir = dir.dst().expect("a real run has its destination directory");
         let (src_path, dst_path) = (&at.src_path(), &at.dst_path());
@@ -1360,7 +1378,14 @@ impl Engine {
         });
         let applied = self
             .meta
-            .apply_fd(src.as_fd(), temp_fd, st, dir.passes_acls, created)
+            .apply_fd(
+                src.as_fd(),
+                temp_fd,
+                st,
+                dir.passes_acls,
+                created,
+                listed.map(crate::aside::Pending::wait),
+            )
             .map_err(|e| meta_error(e, dst_path))?;
         self.note(applied, dir.dst_dev, dst_path);
         if self.opts.verify {

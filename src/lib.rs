@@ -1,6 +1,7 @@
 //! treecopy: copies large directory trees in parallel, fast and safely. `run` takes a resolved
 //! Config and returns what happened; the binary maps that to an exit code and the reports.
 
+pub mod aside;
 pub mod cli;
 pub mod commit;
 pub mod config;

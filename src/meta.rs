@@ -120,6 +120,11 @@ impl Node<'_> {
     }
 }
 
+/// The xattr names of an open file (for crate::aside, which lists them ahead).
+pub fn list_xattrs_fd(fd: BorrowedFd<'_>) -> io::Result<Vec<std::ffi::OsString>> {
+    Node::Fd(fd).list_xattrs()
+}
+
 /// The xattr names under which the kernel stores POSIX ACLs.
 pub const ACL_ACCESS: &str = "system.posix_acl_access";
 pub const ACL_DEFAULT: &str = "system.posix_acl_default";
@@ -409,17 +414,19 @@ impl Preserver {
     /// us read and write them (root), trusted.* and security.*; POSIX ACLs travel as
     /// system.posix_acl_access and system.posix_acl_default. `inherited`: `dst` was created in
     /// a directory with a default ACL and got ACLs its source does not have; they are removed.
+    /// `listed`: `src`'s names, where they were listed ahead.
     fn copy_xattrs(
         &self,
         src: Node<'_>,
         dst: Node<'_>,
         inherited: bool,
+        listed: Option<crate::aside::Names>,
     ) -> Result<Applied, MetaError> {
         let mut applied = Applied::default();
         if !self.xattrs {
             return Ok(applied);
         }
-        let names = match src.list_xattrs() {
+        let names = match listed.unwrap_or_else(|| src.list_xattrs()) {
             Ok(names) => names,
             // A source filesystem without xattrs has none to copy.
             Err(e) if errno_is(&e, &[libc::EOPNOTSUPP]) => Vec::new(),
@@ -469,7 +476,8 @@ impl Preserver {
     }
 
     /// Owner, xattrs, mode and times of an open file or directory; `src` is the open source;
-    /// `inherited`: created in a directory with a default ACL.
+    /// `inherited`: created in a directory with a default ACL; `listed`: `src`'s xattr names,
+    /// where they were listed ahead.
     /// `created`: the owner, group and permission bits `fd` was created with, where known: a
     /// chown or chmod that would change nothing is not made (on NFS each is a round trip).
     pub fn apply_fd(
@@ -479,10 +487,11 @@ impl Preserver {
         st: &Stat,
         inherited: bool,
         created: Option<Created>,
+        listed: Option<crate::aside::Names>,
     ) -> Result<Applied, MetaError> {
         let owner = created.map(|c| (c.uid, c.gid));
         let perm = self.set_owner(st, owner, |u, g| sys::fchown(fd, u, g))?;
-        let applied = self.copy_xattrs(Node::Fd(src), Node::Fd(fd), inherited)?;
+        let applied = self.copy_xattrs(Node::Fd(src), Node::Fd(fd), inherited, listed)?;
         // A chown clears only setuid and setgid, which a mode that needs no chmod lacks.
         let unchanged = created.is_some_and(|c| c.perm == perm && perm & 0o7000 == 0);
         if !unchanged || applied.acl_changed {
@@ -502,7 +511,7 @@ impl Preserver {
     ) -> Result<Applied, MetaError> {
         self.set_owner(st, None, |u, g| sys::lchown_at(dir, name, u, g))?;
         // Symlinks carry no ACLs, so nothing inherited needs removing.
-        let applied = self.copy_xattrs(src, Node::At(dir, name), false)?;
+        let applied = self.copy_xattrs(src, Node::At(dir, name), false, None)?;
         step("set times", sys::lutimens_at(dir, name, st.atime, st.mtime))?;
         Ok(applied)
     }
@@ -517,7 +526,7 @@ impl Preserver {
         inherited: bool,
     ) -> Result<Applied, MetaError> {
         let perm = self.set_owner(st, None, |u, g| sys::lchown_at(dir, name, u, g))?;
-        let applied = self.copy_xattrs(src, Node::At(dir, name), inherited)?;
+        let applied = self.copy_xattrs(src, Node::At(dir, name), inherited, None)?;
         step("chmod", sys::chmod_at(dir, name, perm))?;
         step("set times", sys::lutimens_at(dir, name, st.atime, st.mtime))?;
         Ok(applied)

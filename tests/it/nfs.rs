@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::util::{
-    assert_no_temp_files, bin, compare_trees, first_difference, gen_tree, is_root, tempdir,
-    treecopy, write_random_file,
+    assert_no_temp_files, bin, compare_trees, first_difference, gen_tree, is_root, set_xattr,
+    tempdir, treecopy, write_random_file, xattrs,
 };
 use crate::{args, skip_unless};
 
@@ -298,4 +298,66 @@ fn server_faults_fail_the_file_and_leave_nothing_half_written() {
         );
     }
     assert_no_temp_files(&copy);
+}
+
+/// From a network source, each file's xattr listing and its close are made on helper threads
+/// (src/aside.rs) while the copy goes on: every xattr still arrives, and each source file is
+/// listed once (not by both a helper and its worker).
+#[test]
+fn xattrs_of_a_network_source_arrive_though_listed_aside() {
+    let tmp = tempdir();
+    let src_m = skip_unless!(LatencyMount::start(
+        tmp.path(),
+        "src",
+        &["--latency-us", "200"]
+    ));
+    let dst_m = skip_unless!(LatencyMount::start(
+        tmp.path(),
+        "dst",
+        &["--latency-us", "200"]
+    ));
+    let tree = src_m.back.join("tree");
+    let mut files = 0u64;
+    let mut tagged = 0;
+    for d in 0..6 {
+        let dir = tree.join(format!("d{d}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..40 {
+            let path = dir.join(format!("f{f}"));
+            fs::write(&path, format!("{d}/{f}").repeat(f + 1)).unwrap();
+            files += 1;
+            if f % 3 == 0 {
+                let value = format!("v{d}-{f}");
+                if set_xattr(&path, b"user.field", value.as_bytes()).is_ok() {
+                    tagged += 1;
+                }
+            }
+        }
+    }
+    if tagged == 0 {
+        eprintln!("skipped: the backing filesystem refuses user xattrs");
+        return;
+    }
+    let run = treecopy(args![
+        "-j8",
+        &src_m.mnt.join("tree"),
+        &dst_m.mnt.join("copy")
+    ]);
+    run.assert_code(0);
+    // compare_trees compares xattrs too.
+    compare_trees(&tree, &dst_m.back.join("copy"));
+    let copied = (0..6)
+        .flat_map(|d| (0..40).step_by(3).map(move |f| (d, f)))
+        .filter(|(d, f)| {
+            let got = xattrs(&dst_m.back.join(format!("copy/d{d}/f{f}"))).unwrap();
+            got.get(&b"user.field"[..]).map(Vec::as_slice) == Some(format!("v{d}-{f}").as_bytes())
+        })
+        .count();
+    assert_eq!(copied, tagged, "xattrs that arrived");
+    let stats = src_m.finish();
+    let listed = stats.get("listxattr").copied().unwrap_or(0);
+    assert!(
+        (files..files + 20).contains(&listed),
+        "{listed} xattr listings for {files} files"
+    );
 }

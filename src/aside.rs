@@ -1,0 +1,296 @@
+//! Round trips a file's copy need not wait for, made on helper threads when the source is on a
+//! network or FUSE filesystem: listing the source's xattrs while the copy is created and
+//! written, and closing the source once its data is copied.
+//!
+//! On such a filesystem each of these is a request to the server (LISTXATTR; FLUSH on close),
+//! and a worker that makes them in line waits one round trip for each, per file: two of the ten
+//! a small file costs. Made aside, they overlap the worker's own requests.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::thread::JoinHandle;
+
+/// A source's xattr names, as meta::Preserver wants them.
+pub type Names = io::Result<Vec<OsString>>;
+
+/// One helper per this many copy workers: each file's aside requests are two of its ten or so
+/// round trips. Bounded below so that a small pool still overlaps them, and above because on
+/// a small machine every helper's wake-ups cost CPU the server may share.
+const WORKERS_PER_HELPER: usize = 4;
+const MIN_HELPERS: usize = 2;
+const MAX_HELPERS: usize = 32;
+/// Source descriptors waiting for a helper to close them, at most per helper; past that a
+/// worker closes its own, so that open descriptors cannot pile up behind a slow server.
+const CLOSES_PER_HELPER: usize = 8;
+
+/// The helpers, started at the first job (a copy from a local source starts none), drained and
+/// joined when dropped, so that every source is closed when the run returns.
+#[derive(Default)]
+pub struct Aside {
+    started: OnceLock<Started>,
+}
+
+struct Started {
+    queue: Arc<Queue>,
+    helpers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+struct Queue {
+    capacity: usize,
+    jobs: Mutex<Jobs>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct Jobs {
+    waiting: VecDeque<Job>,
+    closes: usize,
+    stopping: bool,
+}
+
+enum Job {
+    List(Arc<Slot>),
+    Close(OwnedFd),
+}
+
+/// A listing handed to a helper. If no helper has started it by the time the names are
+/// needed, the worker takes it back and lists in line: asking aside never costs more than the
+/// hand-over.
+pub struct Pending {
+    slot: Arc<Slot>,
+}
+
+struct Slot {
+    state: Mutex<State>,
+    done: Condvar,
+}
+
+enum State {
+    Queued(Arc<OwnedFd>),
+    Running,
+    Done(Names),
+    Taken,
+}
+
+impl Aside {
+    /// Started from a copy worker, sized by its pool.
+    fn queue(&self) -> &Queue {
+        let started = self.started.get_or_init(|| {
+            let count =
+                (rayon::current_num_threads() / WORKERS_PER_HELPER).clamp(MIN_HELPERS, MAX_HELPERS);
+            let queue = Arc::new(Queue {
+                capacity: count * CLOSES_PER_HELPER,
+                jobs: Mutex::new(Jobs::default()),
+                ready: Condvar::new(),
+            });
+            // A helper that cannot be started leaves its jobs to the others; with none at all,
+            // workers take their listings back, and the queued closes happen at the drop.
+            let helpers = (0..count)
+                .filter_map(|i| {
+                    let queue = Arc::clone(&queue);
+                    std::thread::Builder::new()
+                        .name(format!("aside-{i}"))
+                        .spawn(move || queue.serve())
+                        .ok()
+                })
+                .collect();
+            Started {
+                queue,
+                helpers: Mutex::new(helpers),
+            }
+        });
+        &started.queue
+    }
+
+    /// Starts listing the xattr names of `src` on a helper.
+    pub fn list_xattrs(&self, src: &Arc<OwnedFd>) -> Pending {
+        let slot = Arc::new(Slot {
+            state: Mutex::new(State::Queued(Arc::clone(src))),
+            done: Condvar::new(),
+        });
+        let queue = self.queue();
+        lock(&queue.jobs)
+            .waiting
+            .push_back(Job::List(Arc::clone(&slot)));
+        queue.ready.notify_one();
+        Pending { slot }
+    }
+
+    /// Closes `src` on a helper, or here if too many closes already wait. A source's close
+    /// reports nothing we act on.
+    pub fn close(&self, src: Arc<OwnedFd>) {
+        let Ok(fd) = Arc::try_unwrap(src) else {
+            // A listing still runs through it; the helper's reference closes it.
+            return;
+        };
+        let queue = self.queue();
+        let mut jobs = lock(&queue.jobs);
+        if jobs.closes >= queue.capacity {
+            drop(jobs);
+            drop(fd);
+            return;
+        }
+        jobs.closes += 1;
+        jobs.waiting.push_back(Job::Close(fd));
+        drop(jobs);
+        queue.ready.notify_one();
+    }
+}
+
+impl Drop for Aside {
+    fn drop(&mut self) {
+        let Some(started) = self.started.take() else {
+            return;
+        };
+        lock(&started.queue.jobs).stopping = true;
+        started.queue.ready.notify_all();
+        for helper in lock(&started.helpers).drain(..) {
+            let _ = helper.join();
+        }
+        // Left by helpers that could not be started.
+        lock(&started.queue.jobs).waiting.clear();
+    }
+}
+
+impl Queue {
+    /// Runs jobs until the queue is stopped and empty.
+    fn serve(&self) {
+        loop {
+            let job = {
+                let mut jobs = lock(&self.jobs);
+                loop {
+                    if let Some(job) = jobs.waiting.pop_front() {
+                        if matches!(job, Job::Close(_)) {
+                            jobs.closes -= 1;
+                        }
+                        break job;
+                    }
+                    if jobs.stopping {
+                        return;
+                    }
+                    jobs = self.ready.wait(jobs).unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            match job {
+                Job::Close(fd) => drop(fd),
+                Job::List(slot) => slot.run(),
+            }
+        }
+    }
+}
+
+impl Slot {
+    fn run(&self) {
+        let src = {
+            let mut state = lock(&self.state);
+            match std::mem::replace(&mut *state, State::Running) {
+                State::Queued(src) => src,
+                // The worker took it back.
+                other => {
+                    *state = other;
+                    return;
+                }
+            }
+        };
+        let names = crate::meta::list_xattrs_fd(src.as_fd());
+        // Dropped before the worker hears of it, so that the worker's reference is the last
+        // one and the close happens where the worker sends it.
+        drop(src);
+        *lock(&self.state) = State::Done(names);
+        self.done.notify_one();
+    }
+}
+
+impl Pending {
+    /// The names: as a helper listed them, or listed here if no helper has started.
+    pub fn wait(self) -> Names {
+        let mut state = lock(&self.slot.state);
+        loop {
+            match std::mem::replace(&mut *state, State::Taken) {
+                State::Queued(src) => {
+                    drop(state);
+                    return crate::meta::list_xattrs_fd(src.as_fd());
+                }
+                State::Done(names) => return names,
+                State::Running => {
+                    *state = State::Running;
+                    state = self
+                        .slot
+                        .done
+                        .wait(state)
+                        .unwrap_or_else(|e| e.into_inner());
+                }
+                State::Taken => unreachable!("a listing is waited for once"),
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn open(path: &Path) -> Arc<OwnedFd> {
+        Arc::new(std::fs::File::open(path).unwrap().into())
+    }
+
+    /// Descriptors of this process open on files under `dir` (other tests open others).
+    fn open_under(dir: &Path) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target.starts_with(dir))
+            .count()
+    }
+
+    #[test]
+    fn a_listing_made_aside_returns_the_names_and_every_source_is_closed_by_the_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(8)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let aside = Aside::default();
+            let mut tagged = 0;
+            for i in 0..50 {
+                let path = dir.path().join(format!("f{i}"));
+                std::fs::write(&path, b"x").unwrap();
+                let name = format!("user.n{i}");
+                // A filesystem that refuses user xattrs lists none: then only the closes
+                // are checked.
+                let has = xattr::set(&path, &name, b"v").is_ok();
+                let src = open(&path);
+                let names = aside.list_xattrs(&src).wait().unwrap();
+                assert_eq!(names.iter().any(|n| *n == *name), has, "{names:?}");
+                tagged += usize::from(has);
+                aside.close(src);
+            }
+            eprintln!("{tagged} of 50 sources had an xattr to list");
+            drop(aside);
+        });
+        assert_eq!(open_under(dir.path()), 0, "sources left open");
+    }
+
+    #[test]
+    fn a_worker_that_gives_up_leaves_the_close_to_the_helper() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"x").unwrap();
+        let aside = Aside::default();
+        let src = open(&path);
+        // The copy failed: its worker drops the listing and the source without waiting.
+        drop(aside.list_xattrs(&src));
+        drop(src);
+        drop(aside);
+        assert_eq!(open_under(dir.path()), 0, "the source stayed open");
+    }
+}
