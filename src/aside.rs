@@ -3,8 +3,8 @@
 //! written, and closing the source once its data is copied.
 //!
 //! On such a filesystem each of these is a request to the server (LISTXATTR; FLUSH on close),
-//! and a worker that makes them in line waits one round trip for each, per file: two of the ten
-//! a small file costs. Made aside, they overlap the worker's own requests.
+//! and a worker that makes them in line waits one round trip for each, per file: two of the
+//! twelve requests a small file makes. Made aside, they overlap the worker's own requests.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -16,14 +16,15 @@ use std::thread::JoinHandle;
 /// A source's xattr names, as meta::Preserver wants them.
 pub type Names = io::Result<Vec<OsString>>;
 
-/// One helper per this many copy workers: each file's aside requests are two of its ten or so
-/// round trips. Bounded below so that a small pool still overlaps them, and above because on
+/// One helper per this many copy workers: each file's aside requests are two of its twelve or
+/// so round trips. Bounded below so that a small pool still overlaps them, and above because on
 /// a small machine every helper's wake-ups cost CPU the server may share.
 const WORKERS_PER_HELPER: usize = 4;
 const MIN_HELPERS: usize = 2;
 const MAX_HELPERS: usize = 32;
-/// Source descriptors waiting for a helper to close them, at most per helper; past that a
-/// worker closes its own, so that open descriptors cannot pile up behind a slow server.
+/// Source descriptors waiting to be closed, at most, per helper that runs; past that a worker
+/// closes its own, so that open descriptors cannot pile up behind a slow server. Only the
+/// waiting ones count: a close a helper has taken is in flight and holds no queue entry.
 const CLOSES_PER_HELPER: usize = 8;
 
 /// The helpers, started at the first job (a copy from a local source starts none), drained and
@@ -39,9 +40,12 @@ struct Started {
 }
 
 struct Queue {
+    /// Helpers that were started; with none, every request is made in line.
+    helpers: usize,
+    /// Closes that may wait at once (CLOSES_PER_HELPER per started helper).
     capacity: usize,
-    jobs: Mutex<Jobs>,
-    ready: Condvar,
+    jobs: Arc<Mutex<Jobs>>,
+    ready: Arc<Condvar>,
 }
 
 #[derive(Default)]
@@ -75,32 +79,40 @@ enum State {
     Taken,
 }
 
+impl Started {
+    /// Starts up to `count` helpers. A helper that cannot be started leaves its share to the
+    /// others, and the queue is sized by those that run: with none, requests are made in line.
+    fn new(count: usize) -> Started {
+        let jobs = Arc::new(Mutex::new(Jobs::default()));
+        let ready = Arc::new(Condvar::new());
+        let helpers: Vec<JoinHandle<()>> = (0..count)
+            .filter_map(|i| {
+                let (jobs, ready) = (Arc::clone(&jobs), Arc::clone(&ready));
+                std::thread::Builder::new()
+                    .name(format!("aside-{i}"))
+                    .spawn(move || serve(&jobs, &ready))
+                    .ok()
+            })
+            .collect();
+        Started {
+            queue: Arc::new(Queue {
+                helpers: helpers.len(),
+                capacity: helpers.len() * CLOSES_PER_HELPER,
+                jobs,
+                ready,
+            }),
+            helpers: Mutex::new(helpers),
+        }
+    }
+}
+
 impl Aside {
     /// Started from a copy worker, sized by its pool.
     fn queue(&self) -> &Queue {
         let started = self.started.get_or_init(|| {
-            let count =
-                (rayon::current_num_threads() / WORKERS_PER_HELPER).clamp(MIN_HELPERS, MAX_HELPERS);
-            let queue = Arc::new(Queue {
-                capacity: count * CLOSES_PER_HELPER,
-                jobs: Mutex::new(Jobs::default()),
-                ready: Condvar::new(),
-            });
-            // A helper that cannot be started leaves its jobs to the others; with none at all,
-            // workers take their listings back, and the queued closes happen at the drop.
-            let helpers = (0..count)
-                .filter_map(|i| {
-                    let queue = Arc::clone(&queue);
-                    std::thread::Builder::new()
-                        .name(format!("aside-{i}"))
-                        .spawn(move || queue.serve())
-                        .ok()
-                })
-                .collect();
-            Started {
-                queue,
-                helpers: Mutex::new(helpers),
-            }
+            Started::new(
+                (rayon::current_num_threads() / WORKERS_PER_HELPER).clamp(MIN_HELPERS, MAX_HELPERS),
+            )
         });
         &started.queue
     }
@@ -112,15 +124,18 @@ impl Aside {
             done: Condvar::new(),
         });
         let queue = self.queue();
-        lock(&queue.jobs)
-            .waiting
-            .push_back(Job::List(Arc::clone(&slot)));
-        queue.ready.notify_one();
+        // With no helper, the slot stays queued and wait() lists in line.
+        if queue.helpers > 0 {
+            lock(&queue.jobs)
+                .waiting
+                .push_back(Job::List(Arc::clone(&slot)));
+            queue.ready.notify_one();
+        }
         Pending { slot }
     }
 
-    /// Closes `src` on a helper, or here if too many closes already wait. A source's close
-    /// reports nothing we act on.
+    /// Closes `src` on a helper, or here if too many closes already wait to be closed (or no
+    /// helper runs). A source's close reports nothing we act on.
     pub fn close(&self, src: Arc<OwnedFd>) {
         let Ok(fd) = Arc::try_unwrap(src) else {
             // A listing still runs through it; the helper's reference closes it.
@@ -147,37 +162,34 @@ impl Drop for Aside {
         };
         lock(&started.queue.jobs).stopping = true;
         started.queue.ready.notify_all();
+        // Each helper runs until the queue is empty, so every waiting close is made.
         for helper in lock(&started.helpers).drain(..) {
             let _ = helper.join();
         }
-        // Left by helpers that could not be started.
-        lock(&started.queue.jobs).waiting.clear();
     }
 }
 
-impl Queue {
-    /// Runs jobs until the queue is stopped and empty.
-    fn serve(&self) {
-        loop {
-            let job = {
-                let mut jobs = lock(&self.jobs);
-                loop {
-                    if let Some(job) = jobs.waiting.pop_front() {
-                        if matches!(job, Job::Close(_)) {
-                            jobs.closes -= 1;
-                        }
-                        break job;
+/// A helper: runs jobs until the queue is stopped and empty.
+fn serve(jobs: &Mutex<Jobs>, ready: &Condvar) {
+    loop {
+        let job = {
+            let mut jobs = lock(jobs);
+            loop {
+                if let Some(job) = jobs.waiting.pop_front() {
+                    if matches!(job, Job::Close(_)) {
+                        jobs.closes -= 1;
                     }
-                    if jobs.stopping {
-                        return;
-                    }
-                    jobs = self.ready.wait(jobs).unwrap_or_else(|e| e.into_inner());
+                    break job;
                 }
-            };
-            match job {
-                Job::Close(fd) => drop(fd),
-                Job::List(slot) => slot.run(),
+                if jobs.stopping {
+                    return;
+                }
+                jobs = ready.wait(jobs).unwrap_or_else(|e| e.into_inner());
             }
+        };
+        match job {
+            Job::Close(fd) => drop(fd),
+            Job::List(slot) => slot.run(),
         }
     }
 }
@@ -225,6 +237,18 @@ impl Pending {
                 }
                 State::Taken => unreachable!("a listing is waited for once"),
             }
+        }
+    }
+}
+
+impl Drop for Pending {
+    /// A listing given up (the copy failed before its metadata) lets go of the source, so
+    /// that the worker's reference is the last one and its close is not skipped, and a
+    /// helper that reaches the slot later makes no request.
+    fn drop(&mut self) {
+        let mut state = lock(&self.slot.state);
+        if matches!(*state, State::Queued(_)) {
+            *state = State::Taken;
         }
     }
 }
@@ -292,5 +316,55 @@ mod tests {
         drop(src);
         drop(aside);
         assert_eq!(open_under(dir.path()), 0, "the source stayed open");
+    }
+
+    #[test]
+    fn a_listing_given_up_lets_go_of_the_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"x").unwrap();
+        let src = open(&path);
+        // A slot no helper has reached, as when every helper is busy.
+        let pending = Pending {
+            slot: Arc::new(Slot {
+                state: Mutex::new(State::Queued(Arc::clone(&src))),
+                done: Condvar::new(),
+            }),
+        };
+        let queued = Arc::clone(&pending.slot);
+        drop(pending);
+        assert_eq!(
+            Arc::strong_count(&src),
+            1,
+            "the slot still holds the source"
+        );
+        assert!(matches!(*lock(&queued.state), State::Taken));
+        // So the worker's close is the last reference and closes it.
+        drop(src);
+        assert_eq!(open_under(dir.path()), 0, "the source stayed open");
+    }
+
+    #[test]
+    fn with_no_helper_every_request_is_made_in_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let aside = Aside {
+            started: OnceLock::from(Started::new(0)),
+        };
+        for i in 0..20 {
+            let path = dir.path().join(format!("f{i}"));
+            std::fs::write(&path, b"x").unwrap();
+            let has = xattr::set(&path, "user.t", b"v").is_ok();
+            let src = open(&path);
+            let names = aside.list_xattrs(&src).wait().unwrap();
+            assert_eq!(names.iter().any(|n| n == "user.t"), has, "{names:?}");
+            aside.close(src);
+            // Closed now, not left for a helper that does not exist.
+            assert_eq!(open_under(dir.path()), 0, "source {i} left open");
+        }
+        let queue = aside.queue();
+        assert!(
+            lock(&queue.jobs).waiting.is_empty(),
+            "jobs queued for no helper"
+        );
     }
 }

@@ -302,7 +302,9 @@ fn server_faults_fail_the_file_and_leave_nothing_half_written() {
 
 /// From a network source, each file's xattr listing and its close are made on helper threads
 /// (src/aside.rs) while the copy goes on: every xattr still arrives, and each source file is
-/// listed once (not by both a helper and its worker).
+/// listed once (not by both a helper and its worker). This checks the outcome, which copying
+/// in line also meets; the hand-over itself (a listing given up, no helper started, every
+/// source closed) is checked by the unit tests in src/aside.rs.
 #[test]
 fn xattrs_of_a_network_source_arrive_though_listed_aside() {
     let tmp = tempdir();
