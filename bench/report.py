@@ -167,17 +167,23 @@ def write_meta(args):
 # ----------------------------------------------------------------- report --
 
 def load_results(results_dir):
-    """{(workload, pair): {command: [seconds, ...]}}, in command order."""
-    data = {}
+    """({(workload, pair): {command: [seconds, ...]}}, the same with CPU seconds), in
+    command order. hyperfine records user and system time only as means over a call's
+    runs: in interleave mode a call has one run per command, so each is that run's; in
+    batch mode the mean stands for each of the call's runs."""
+    data, cpu = {}, {}
     for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
         m = RESULT_NAME.match(os.path.basename(path))
         if not m:
             continue
         with open(path) as f:
             for res in json.load(f)["results"]:
-                cmds = data.setdefault((m.group(1), m.group(2)), {})
-                cmds.setdefault(res["command"], []).extend(res["times"])
-    return data
+                key = (m.group(1), m.group(2))
+                data.setdefault(key, {}).setdefault(res["command"], []).extend(res["times"])
+                if "user" in res and "system" in res:
+                    cpu.setdefault(key, {}).setdefault(res["command"], []).extend(
+                        [res["user"] + res["system"]] * len(res["times"]))
+    return data, cpu
 
 
 def fmt_s(t):
@@ -271,7 +277,7 @@ def report(results_dir):
     if os.path.exists(meta_path):
         with open(meta_path) as f:
             meta = json.load(f)
-    data = load_results(results_dir)
+    data, cpu = load_results(results_dir)
     if not data:
         print(f"report.py: no hyperfine results in {results_dir}", file=sys.stderr)
         return 1
@@ -306,12 +312,15 @@ def report(results_dir):
                 thr = f"{info['bytes'] / m / (1 << 20):,.0f} MiB/s"
                 if info["files"] >= 1000:  # files/s says nothing about 4 big files
                     thr += f", {info['files'] / m:,.0f} files/s"
+            c_cpu = cpu.get((w, p), {}).get(c)
+            cpu_s = fmt_s(statistics.median(c_cpu)) if c_cpu else "–"
             details.append(f"| {w} | {PAIR_LABEL[p]} | {c} | {len(t)} | {fmt_s(m)} | "
                            f"{statistics.mean(t):.3f} ± {sd:.3f} s | {min(t):.3f} s | "
-                           f"{max(t):.3f} s | {thr} |")
+                           f"{max(t):.3f} s | {cpu_s} | {thr} |")
     lines += ["", "### Details", "",
-              "| Workload | Source → destination | Command | n | Median | Mean ± sd | Min | Max | Throughput (at median) |",
-              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+              "CPU is user + system time (median over runs).", "",
+              "| Workload | Source → destination | Command | n | Median | Mean ± sd | Min | Max | CPU | Throughput (at median) |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     lines += details
     lines += ["", f"Raw hyperfine JSON and markdown: `{os.path.abspath(results_dir)}`."]
     print("\n".join(lines))

@@ -76,11 +76,15 @@ pub enum ProgressMode {
 /// (`copy::MAX_STREAMS`).
 pub const REMOTE_JOBS: usize = 64;
 
-/// Workers when both sides are local: as many as there are CPUs (at least 2). A local copy
-/// with a warm source is CPU work in the kernel; more workers than CPUs only add contention
-/// (W1 on ext4: -j2 5.9 s, -j4 7.1 s, -j16 6.9 s on 2 CPUs; W2: -j2 1.9 s, -j16 2.0 s).
+/// Workers when both sides are local: two per CPU (at least 4). A local copy with a warm
+/// source is CPU work in the kernel, and creates are serialised on a local destination
+/// (`Engine::create_lock`): with one worker per CPU both often wait for the lock at once,
+/// and a second per CPU keeps data, metadata and renames going meanwhile. On 2 CPUs
+/// (bench/pair.sh, fresh ext4, 3 rounds): W1 -j2 2.11-2.53 s, -j4 1.76-1.87 s, -j8
+/// 1.67-1.86 s; W2 -j2 1.33-1.50 s, -j4 1.41-1.43 s, -j8 1.62-1.83 s; W3 -j2 1.16 s, -j4
+/// 1.23-1.28 s. Beyond two per CPU the larger files lose more than W1 gains.
 pub fn local_jobs() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
+    std::thread::available_parallelism().map_or(4, |n| 2 * n.get().max(2))
 }
 
 /// The worker count for a run whose sides are (or are not) remote.
