@@ -11,7 +11,7 @@ interleave mode, `W1-ext4-r3.json`; one per workload and pair in batch mode,
   * a table of median wall times and the ratios treecopy / cp -a,
     treecopy / rsync -a and treecopy / each peer copier (xcp, fcp, cpz) per
     workload and pair (< 1 means treecopy is faster),
-  * a details table (n, median, mean +- sd, min, max, throughput).
+  * a details table (n, median, mean +- sd, min, max, CPU time, throughput).
 
 Medians, not means: with 3-5 runs on a shared VM one disturbed run would
 move the mean a lot and the median little.
@@ -318,7 +318,8 @@ def report(results_dir):
                            f"{statistics.mean(t):.3f} ± {sd:.3f} s | {min(t):.3f} s | "
                            f"{max(t):.3f} s | {cpu_s} | {thr} |")
     lines += ["", "### Details", "",
-              "CPU is user + system time (median over runs).", "",
+              "CPU is user + system time: the median over runs in interleave mode; in batch "
+              "mode, hyperfine's mean over the call's runs (it keeps no per-run CPU times).", "",
               "| Workload | Source → destination | Command | n | Median | Mean ± sd | Min | Max | CPU | Throughput (at median) |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     lines += details

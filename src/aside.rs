@@ -83,15 +83,22 @@ impl Started {
     /// Starts up to `count` helpers. A helper that cannot be started leaves its share to the
     /// others, and the queue is sized by those that run: with none, requests are made in line.
     fn new(count: usize) -> Started {
+        Started::with_spawn(count, |name, run| {
+            std::thread::Builder::new().name(name).spawn(run)
+        })
+    }
+
+    /// As new(), starting each helper with `spawn` (a test passes one that fails).
+    fn with_spawn(
+        count: usize,
+        mut spawn: impl FnMut(String, Box<dyn FnOnce() + Send>) -> io::Result<JoinHandle<()>>,
+    ) -> Started {
         let jobs = Arc::new(Mutex::new(Jobs::default()));
         let ready = Arc::new(Condvar::new());
         let helpers: Vec<JoinHandle<()>> = (0..count)
             .filter_map(|i| {
                 let (jobs, ready) = (Arc::clone(&jobs), Arc::clone(&ready));
-                std::thread::Builder::new()
-                    .name(format!("aside-{i}"))
-                    .spawn(move || serve(&jobs, &ready))
-                    .ok()
+                spawn(format!("aside-{i}"), Box::new(move || serve(&jobs, &ready))).ok()
             })
             .collect();
         Started {
@@ -305,7 +312,7 @@ mod tests {
     }
 
     #[test]
-    fn a_worker_that_gives_up_leaves_the_close_to_the_helper() {
+    fn a_worker_that_gives_up_still_has_its_source_closed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, b"x").unwrap();
@@ -345,10 +352,12 @@ mod tests {
     }
 
     #[test]
-    fn with_no_helper_every_request_is_made_in_line() {
+    fn with_no_helper_started_every_request_is_made_in_line() {
         let dir = tempfile::tempdir().unwrap();
+        // Four asked for, none started: the queue must be sized by those that run.
+        let started = Started::with_spawn(4, |_, _| Err(io::Error::other("no threads")));
         let aside = Aside {
-            started: OnceLock::from(Started::new(0)),
+            started: OnceLock::from(started),
         };
         for i in 0..20 {
             let path = dir.path().join(format!("f{i}"));

@@ -59,7 +59,7 @@ pub struct Cli {
     pub dst: PathBuf,
 
     /// Number of concurrent copy workers [default: 64 when SRC or DST is on a network or
-    /// FUSE filesystem, else two per CPU]
+    /// FUSE filesystem, else two per CPU, at least 4]
     #[arg(short = 'j', long, value_name = "N",
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
     pub jobs: Option<usize>,
