@@ -176,9 +176,9 @@ def load_results(results_dir):
         m = RESULT_NAME.match(os.path.basename(path))
         if not m:
             continue
+        key = (m.group(1), m.group(2))
         with open(path) as f:
             for res in json.load(f)["results"]:
-                key = (m.group(1), m.group(2))
                 data.setdefault(key, {}).setdefault(res["command"], []).extend(res["times"])
                 if "user" in res and "system" in res:
                     cpu.setdefault(key, {}).setdefault(res["command"], []).extend(

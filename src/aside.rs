@@ -36,16 +36,14 @@ pub struct Aside {
 
 struct Started {
     queue: Arc<Queue>,
-    helpers: Mutex<Vec<JoinHandle<()>>>,
+    /// The helpers that were started; with none, every request is made in line, and at most
+    /// CLOSES_PER_HELPER closes per helper wait.
+    helpers: Vec<JoinHandle<()>>,
 }
 
 struct Queue {
-    /// Helpers that were started; with none, every request is made in line.
-    helpers: usize,
-    /// Closes that may wait at once (CLOSES_PER_HELPER per started helper).
-    capacity: usize,
-    jobs: Arc<Mutex<Jobs>>,
-    ready: Arc<Condvar>,
+    jobs: Mutex<Jobs>,
+    ready: Condvar,
 }
 
 #[derive(Default)]
@@ -93,35 +91,28 @@ impl Started {
         count: usize,
         mut spawn: impl FnMut(String, Box<dyn FnOnce() + Send>) -> io::Result<JoinHandle<()>>,
     ) -> Started {
-        let jobs = Arc::new(Mutex::new(Jobs::default()));
-        let ready = Arc::new(Condvar::new());
-        let helpers: Vec<JoinHandle<()>> = (0..count)
+        let queue = Arc::new(Queue {
+            jobs: Mutex::new(Jobs::default()),
+            ready: Condvar::new(),
+        });
+        let helpers = (0..count)
             .filter_map(|i| {
-                let (jobs, ready) = (Arc::clone(&jobs), Arc::clone(&ready));
-                spawn(format!("aside-{i}"), Box::new(move || serve(&jobs, &ready))).ok()
+                let queue = Arc::clone(&queue);
+                spawn(format!("aside-{i}"), Box::new(move || queue.serve())).ok()
             })
             .collect();
-        Started {
-            queue: Arc::new(Queue {
-                helpers: helpers.len(),
-                capacity: helpers.len() * CLOSES_PER_HELPER,
-                jobs,
-                ready,
-            }),
-            helpers: Mutex::new(helpers),
-        }
+        Started { queue, helpers }
     }
 }
 
 impl Aside {
     /// Started from a copy worker, sized by its pool.
-    fn queue(&self) -> &Queue {
-        let started = self.started.get_or_init(|| {
+    fn started(&self) -> &Started {
+        self.started.get_or_init(|| {
             Started::new(
                 (rayon::current_num_threads() / WORKERS_PER_HELPER).clamp(MIN_HELPERS, MAX_HELPERS),
             )
-        });
-        &started.queue
+        })
     }
 
     /// Starts listing the xattr names of `src` on a helper.
@@ -130,9 +121,10 @@ impl Aside {
             state: Mutex::new(State::Queued(Arc::clone(src))),
             done: Condvar::new(),
         });
-        let queue = self.queue();
+        let started = self.started();
         // With no helper, the slot stays queued and wait() lists in line.
-        if queue.helpers > 0 {
+        if !started.helpers.is_empty() {
+            let queue = &started.queue;
             lock(&queue.jobs)
                 .waiting
                 .push_back(Job::List(Arc::clone(&slot)));
@@ -148,9 +140,10 @@ impl Aside {
             // A listing still runs through it; the helper's reference closes it.
             return;
         };
-        let queue = self.queue();
+        let started = self.started();
+        let queue = &started.queue;
         let mut jobs = lock(&queue.jobs);
-        if jobs.closes >= queue.capacity {
+        if jobs.closes >= started.helpers.len() * CLOSES_PER_HELPER {
             drop(jobs);
             drop(fd);
             return;
@@ -170,33 +163,35 @@ impl Drop for Aside {
         lock(&started.queue.jobs).stopping = true;
         started.queue.ready.notify_all();
         // Each helper runs until the queue is empty, so every waiting close is made.
-        for helper in lock(&started.helpers).drain(..) {
+        for helper in started.helpers {
             let _ = helper.join();
         }
     }
 }
 
-/// A helper: runs jobs until the queue is stopped and empty.
-fn serve(jobs: &Mutex<Jobs>, ready: &Condvar) {
-    loop {
-        let job = {
-            let mut jobs = lock(jobs);
-            loop {
-                if let Some(job) = jobs.waiting.pop_front() {
-                    if matches!(job, Job::Close(_)) {
-                        jobs.closes -= 1;
+impl Queue {
+    /// A helper: runs jobs until the queue is stopped and empty.
+    fn serve(&self) {
+        loop {
+            let job = {
+                let mut jobs = lock(&self.jobs);
+                loop {
+                    if let Some(job) = jobs.waiting.pop_front() {
+                        if matches!(job, Job::Close(_)) {
+                            jobs.closes -= 1;
+                        }
+                        break job;
                     }
-                    break job;
+                    if jobs.stopping {
+                        return;
+                    }
+                    jobs = self.ready.wait(jobs).unwrap_or_else(|e| e.into_inner());
                 }
-                if jobs.stopping {
-                    return;
-                }
-                jobs = ready.wait(jobs).unwrap_or_else(|e| e.into_inner());
+            };
+            match job {
+                Job::Close(fd) => drop(fd),
+                Job::List(slot) => slot.run(),
             }
-        };
-        match job {
-            Job::Close(fd) => drop(fd),
-            Job::List(slot) => slot.run(),
         }
     }
 }
@@ -370,9 +365,8 @@ mod tests {
             // Closed now, not left for a helper that does not exist.
             assert_eq!(open_under(dir.path()), 0, "source {i} left open");
         }
-        let queue = aside.queue();
         assert!(
-            lock(&queue.jobs).waiting.is_empty(),
+            lock(&aside.started().queue.jobs).waiting.is_empty(),
             "jobs queued for no helper"
         );
     }
