@@ -994,7 +994,13 @@ impl Engine {
             }
             if existed || !dry_run {
                 let at = staged.as_deref().unwrap_or(name);
-                match sys::open_dir(pdst, at) {
+                // A directory made here is never listed, and only fsynced with --fsync.
+                let opened = if existed || self.opts.fsync {
+                    sys::open_dir(pdst, at)
+                } else {
+                    sys::open_new_dir(pdst, at)
+                };
+                match opened {
                     Ok(fd) => dst = Some(fd),
                     Err(e) => {
                         if staged.is_some() {
@@ -1032,7 +1038,12 @@ impl Engine {
                 dst_dev = st.dev;
                 local_dst = !sys::is_remote_fs(fd.as_fd());
             }
-            passes_acls = self.meta.passes_acls_on(fd.as_fd());
+            // One mkdir'd here has a default ACL exactly when its parent passes one on.
+            passes_acls = if existed {
+                self.meta.passes_acls_on(fd.as_fd())
+            } else {
+                parent.passes_acls
+            };
         }
         if (!existed || adopted) && !self.opts.count_deletions_only {
             self.created_dir(&src_stat, &rel);

@@ -49,8 +49,9 @@ impl Created {
     }
 }
 
-/// An entry whose metadata is read or written: an open descriptor, or a name in an open
-/// directory (symlinks and special files, which are never opened).
+/// An entry whose metadata is read or written: a descriptor (an O_PATH one is reached through
+/// /proc where an f* call refuses it), or a name in an open directory (symlinks and special
+/// files, which are never opened).
 #[derive(Clone, Copy)]
 pub enum Node<'a> {
     Fd(BorrowedFd<'a>),
@@ -89,7 +90,7 @@ impl Node<'_> {
                 .collect());
         }
         let names = match *self {
-            Node::Fd(fd) => FdRef(fd).list_xattr()?,
+            Node::Fd(fd) => sys::on_fd(fd, || FdRef(fd).list_xattr(), |p| xattr::list(p))?,
             Node::At(dir, name) => xattr::list(Self::proc_path(dir, name))?,
         };
         Ok(names.collect())
@@ -98,7 +99,7 @@ impl Node<'_> {
     fn get_xattr(&self, attr: &OsStr) -> io::Result<Option<Vec<u8>>> {
         use xattr::FileExt;
         match *self {
-            Node::Fd(fd) => FdRef(fd).get_xattr(attr),
+            Node::Fd(fd) => sys::on_fd(fd, || FdRef(fd).get_xattr(attr), |p| xattr::get(p, attr)),
             Node::At(dir, name) => xattr::get(Self::proc_path(dir, name), attr),
         }
     }
@@ -106,7 +107,11 @@ impl Node<'_> {
     fn remove_xattr(&self, attr: &OsStr) -> io::Result<()> {
         use xattr::FileExt;
         match *self {
-            Node::Fd(fd) => FdRef(fd).remove_xattr(attr),
+            Node::Fd(fd) => sys::on_fd(
+                fd,
+                || FdRef(fd).remove_xattr(attr),
+                |p| xattr::remove(p, attr),
+            ),
             Node::At(dir, name) => xattr::remove(Self::proc_path(dir, name), attr),
         }
     }
@@ -114,7 +119,11 @@ impl Node<'_> {
     fn set_xattr(&self, attr: &OsStr, value: &[u8]) -> io::Result<()> {
         use xattr::FileExt;
         match *self {
-            Node::Fd(fd) => FdRef(fd).set_xattr(attr, value),
+            Node::Fd(fd) => sys::on_fd(
+                fd,
+                || FdRef(fd).set_xattr(attr, value),
+                |p| xattr::set(p, attr, value),
+            ),
             Node::At(dir, name) => xattr::set(Self::proc_path(dir, name), attr, value),
         }
     }

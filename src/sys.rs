@@ -109,6 +109,43 @@ pub fn open_dir<P: nix::NixPath + ?Sized>(dir: BorrowedFd<'_>, name: &P) -> io::
     Ok(nix::fcntl::openat(dir, name, flags, Mode::empty())?)
 }
 
+/// Opens a directory this run has just created, as a handle for *at calls only (O_PATH): on a
+/// network or FUSE filesystem that is no request, where a full open is an OPENDIR and, at the
+/// close, a RELEASEDIR. fchown, fchmod, futimens and the xattr calls below take such a handle;
+/// listing and fsync do not. Without /proc (through which those calls reach it), a full open.
+pub fn open_new_dir<P: nix::NixPath + ?Sized>(
+    dir: BorrowedFd<'_>,
+    name: &P,
+) -> io::Result<OwnedFd> {
+    static PROC_FDS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if !*PROC_FDS.get_or_init(|| Path::new("/proc/self/fd").is_dir()) {
+        return open_dir(dir, name);
+    }
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    Ok(nix::fcntl::openat(dir, name, flags, Mode::empty())?)
+}
+
+/// The path through /proc of the directory an O_PATH descriptor refers to, which the f* calls
+/// refuse with EBADF. Resolving it makes no request to the filesystem (the descriptor already
+/// holds the inode). The final "." makes even the calls that do not follow a final symlink
+/// (the xattr crate's l*xattr) reach the directory, not the /proc link.
+pub fn fd_path(fd: BorrowedFd<'_>) -> std::path::PathBuf {
+    use std::os::fd::AsRawFd;
+    std::path::PathBuf::from(format!("/proc/self/fd/{}/.", fd.as_raw_fd()))
+}
+
+/// `by_fd`, or for an O_PATH directory descriptor (EBADF) `by_path` on its /proc path.
+pub fn on_fd<T>(
+    fd: BorrowedFd<'_>,
+    by_fd: impl FnOnce() -> io::Result<T>,
+    by_path: impl FnOnce(&Path) -> io::Result<T>,
+) -> io::Result<T> {
+    match by_fd() {
+        Err(e) if e.raw_os_error() == Some(libc::EBADF) => by_path(&fd_path(fd)),
+        result => result,
+    }
+}
+
 /// Opens a source file for reading. O_NONBLOCK keeps a FIFO that replaced a regular file since
 /// the listing from blocking the worker.
 pub fn open_source<P: nix::NixPath + ?Sized>(dir: BorrowedFd<'_>, name: &P) -> io::Result<OwnedFd> {
@@ -242,9 +279,17 @@ fn ids(uid: Option<u32>, gid: Option<u32>) -> (Option<nix::unistd::Uid>, Option<
     )
 }
 
+/// chown of an open file, or of what an O_PATH descriptor refers to.
 pub fn fchown(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
     let (u, g) = ids(uid, gid);
-    Ok(nix::unistd::fchown(fd, u, g)?)
+    // AT_EMPTY_PATH: the descriptor itself, however it was opened.
+    Ok(nix::unistd::fchownat(
+        fd,
+        c"",
+        u,
+        g,
+        AtFlags::AT_EMPTY_PATH,
+    )?)
 }
 
 /// chown of a name relative to a directory, never following a symlink.
@@ -264,20 +309,43 @@ pub fn lchown_at(
     )?)
 }
 
+/// chmod of an open file, or of what an O_PATH descriptor refers to.
 pub fn fchmod(fd: BorrowedFd<'_>, perm: u32) -> io::Result<()> {
-    Ok(nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(perm))?)
+    let mode = Mode::from_bits_truncate(perm);
+    on_fd(
+        fd,
+        || Ok(nix::sys::stat::fchmod(fd, mode)?),
+        |path| {
+            Ok(nix::sys::stat::fchmodat(
+                at_cwd(),
+                path,
+                mode,
+                nix::sys::stat::FchmodatFlags::FollowSymlink,
+            )?)
+        },
+    )
 }
 
 fn timespec((sec, nsec): (i64, i64)) -> TimeSpec {
     TimeSpec::new(sec, nsec)
 }
 
+/// Sets the times of an open file, or of what an O_PATH descriptor refers to.
 pub fn futimens(fd: BorrowedFd<'_>, atime: (i64, i64), mtime: (i64, i64)) -> io::Result<()> {
-    Ok(nix::sys::stat::futimens(
+    let (atime, mtime) = (timespec(atime), timespec(mtime));
+    on_fd(
         fd,
-        &timespec(atime),
-        &timespec(mtime),
-    )?)
+        || Ok(nix::sys::stat::futimens(fd, &atime, &mtime)?),
+        |path| {
+            Ok(nix::sys::stat::utimensat(
+                at_cwd(),
+                path,
+                &atime,
+                &mtime,
+                UtimensatFlags::FollowSymlink,
+            )?)
+        },
+    )
 }
 
 /// Sets the times of a name relative to a directory, never following a symlink.

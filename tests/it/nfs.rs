@@ -363,3 +363,63 @@ fn xattrs_of_a_network_source_arrive_though_listed_aside() {
         "{listed} xattr listings for {files} files"
     );
 }
+
+/// A directory treecopy creates on a network destination is held by an O_PATH handle, and
+/// whether it passes a default ACL on is known from its parent: the server sees no OPENDIR
+/// for it and no ACL probe, and its mode, times and xattrs still arrive (set through
+/// /proc, the only way such a handle allows).
+#[test]
+fn new_directories_on_a_network_destination_cost_no_open_and_keep_their_metadata() {
+    let tmp = tempdir();
+    let dst_m = skip_unless!(LatencyMount::start(
+        tmp.path(),
+        "dst",
+        &["--latency-us", "100"]
+    ));
+    let tree = tmp.path().join("tree");
+    let dirs = 24;
+    let mut tagged = 0;
+    for d in 0..dirs {
+        let dir = tree.join(format!("d{}/sub{d}", d % 4));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("f"), format!("{d}")).unwrap();
+        if set_xattr(&dir, b"user.dir", format!("v{d}").as_bytes()).is_ok() {
+            tagged += 1;
+        }
+        let mode = if d % 2 == 0 { 0o750 } else { 0o705 };
+        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    }
+    // Times last: creating the entries above changed them.
+    let run = Command::new("touch")
+        .args(["-d", "2001-02-03 04:05:06.789"])
+        .args((0..dirs).map(|d| tree.join(format!("d{}/sub{d}", d % 4))))
+        .status()
+        .unwrap();
+    assert!(run.success());
+    let run = treecopy(args!["-j4", &tree, &dst_m.mnt.join("copy")]);
+    run.assert_code(0);
+    // compare_trees compares modes, times and xattrs.
+    compare_trees(&tree, &dst_m.back.join("copy"));
+    if tagged > 0 {
+        let got = xattrs(&dst_m.back.join("copy/d1/sub5")).unwrap();
+        assert_eq!(
+            got.get(&b"user.dir"[..]).map(Vec::as_slice),
+            Some(&b"v5"[..])
+        );
+    }
+    let stats = dst_m.finish();
+    // The root of the copy is opened in full (it is checked for a default ACL); the 28 made
+    // below it are not.
+    let opened = stats.get("opendir").copied().unwrap_or(0);
+    assert!(
+        opened <= 2,
+        "{opened} OPENDIRs on the destination server for {dirs} new dirs"
+    );
+    // One killpriv probe per file written (the kernel's) and a few for the root; none per
+    // new directory.
+    let probes = stats.get("getxattr").copied().unwrap_or(0);
+    assert!(
+        probes <= dirs as u64 + 4,
+        "{probes} GETXATTRs on the destination server for {dirs} files"
+    );
+}
