@@ -14,7 +14,7 @@
 # No scenario means all. Settings: LATENCY_US (500), RUNS (3), STREAM_BW (100MiB),
 # PEER_THREADS (16 64: xcp and fcp run once with each thread count),
 # PEERS_ROOT (/work/bench-data/peers, from bench/peers.sh), TOOLS (treecopy cp rsync xcp
-# fcp cpz), NFS_WORK (/dev/shm/treecopy-nfs), RESULTS (/work/bench-data/results).
+# fcp cpz; treecopy-no-xattrs adds treecopy --no-xattrs), NFS_WORK (/dev/shm/treecopy-nfs), RESULTS (/work/bench-data/results).
 # Before every timed run, for every tool alike and outside the timing: the destination is
 # removed through the backing directory (no latency), `sync`, caches dropped, so every
 # command starts with the same cold client caches. Needs root, /dev/fuse, hyperfine and
@@ -83,6 +83,9 @@ commands() {
     for t in $tools; do
         case $t in
             treecopy) cmds+=(-n "treecopy" "$tc -q $src $dst") ;;
+            # Without the per-file xattr listing (one request each), which cp -a makes and fcp,
+            # keeping no xattrs, does not.
+            treecopy-no-xattrs) cmds+=(-n "treecopy --no-xattrs" "$tc -q --no-xattrs $src $dst") ;;
             cp) cmds+=(-n "cp -a" "cp -a $src $dst") ;;
             rsync) cmds+=(-n "rsync -a" "rsync -a $src/ $dst/") ;;
             xcp)
