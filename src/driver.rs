@@ -133,7 +133,11 @@ impl DirPair<'_> {
                 match result {
                     Ok(Some(applied)) => engine.note(applied, self.dst_dev, self.dst_loc.path()),
                     Ok(None) => {}
-                    Err(e) => engine.rep.failed(&meta_error(e, self.dst_loc.path())),
+                    Err(e) => {
+                        engine
+                            .rep
+                            .failed(&meta_error(e, &self.src_path, self.dst_loc.path()))
+                    }
                 }
             }
         }
@@ -428,7 +432,7 @@ impl Engine {
                     .roots
                     .set(((src_stat.dev, src_stat.ino), (dst_stat.dev, dst_stat.ino)));
                 let pre_diff = if dst_exists {
-                    self.reach_existing_dir(&src_fd, &src_stat, fd, &dst_stat, dst)?
+                    self.reach_existing_dir(&src_fd, &src_stat, src, fd, &dst_stat, dst)?
                 } else {
                     created = Some(Created::of(&dst_stat));
                     MetaDiff::default()
@@ -533,6 +537,7 @@ impl Engine {
         &self,
         src: &OwnedFd,
         src_stat: &Stat,
+        src_path: &Path,
         dst: &OwnedFd,
         dst_stat: &Stat,
         dst_path: &Path,
@@ -546,7 +551,7 @@ impl Engine {
                 dst_stat,
                 self.opts.policy.modify_window_ns,
             )
-            .map_err(|e| meta_error(e, dst_path))?;
+            .map_err(|e| meta_error(e, src_path, dst_path))?;
         if !self.opts.dry_run {
             self.make_writable(dst, dst_stat).ctx("chmod", dst_path)?;
         }
@@ -1034,7 +1039,8 @@ impl Engine {
                         ),
                     ));
                 }
-                pre_diff = self.reach_existing_dir(&src, &src_stat, fd, &st, &dst_path)?;
+                pre_diff =
+                    self.reach_existing_dir(&src, &src_stat, &src_path, fd, &st, &dst_path)?;
                 dst_dev = st.dev;
                 local_dst = !sys::is_remote_fs(fd.as_fd());
             }
@@ -1169,13 +1175,13 @@ impl Engine {
                 self.opts.policy.modify_window_ns,
                 self.opts.policy.checksum,
             )
-            .map_err(|e| meta_error(e, &at.dst_path()))?;
+            .map_err(|e| meta_error(e, &at.src_path(), &at.dst_path()))?;
         if diff.any() {
             if !self.opts.dry_run {
                 let applied = self
                     .meta
                     .fix_in_place(src_node, dst, at.dst_name, st, &diff)
-                    .map_err(|e| meta_error(e, &at.dst_path()))?;
+                    .map_err(|e| meta_error(e, &at.src_path(), &at.dst_path()))?;
                 self.note(applied, at.dir.dst_dev, &at.dst_path());
             }
             self.rep
@@ -1398,7 +1404,7 @@ impl Engine {
                 created,
                 listed.map(crate::aside::Pending::wait),
             )
-            .map_err(|e| meta_error(e, dst_path))?;
+            .map_err(|e| meta_error(e, src_path, dst_path))?;
         self.note(applied, dir.dst_dev, dst_path);
         if self.opts.verify {
             self.verify(&temp, src, at)?;
@@ -1573,7 +1579,7 @@ impl Engine {
                     temp.name(),
                     &st,
                 )
-                .map_err(|e| meta_error(e, &at.dst_path()))?;
+                .map_err(|e| meta_error(e, &at.src_path(), &at.dst_path()))?;
             self.note(applied, dir.dst_dev, &at.dst_path());
             self.commit(temp, at.dst_name, dir, &at.dst_path())?;
         }
@@ -1611,7 +1617,7 @@ impl Engine {
                     &st,
                     dir.passes_acls,
                 )
-                .map_err(|e| meta_error(e, &at.dst_path()))?;
+                .map_err(|e| meta_error(e, &at.src_path(), &at.dst_path()))?;
             self.note(applied, dir.dst_dev, &at.dst_path());
             self.commit(temp, at.dst_name, dir, &at.dst_path())?;
         }
@@ -1702,7 +1708,9 @@ fn lock_create(mutex: &Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
     lock(mutex)
 }
 
-fn meta_error(e: MetaError, path: &Path) -> EntryError {
+/// A metadata step's error, naming the side it failed on.
+fn meta_error(e: MetaError, src_path: &Path, dst_path: &Path) -> EntryError {
+    let path = if e.of_source { src_path } else { dst_path };
     EntryError::new(e.op, path, e.source)
 }
 

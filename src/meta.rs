@@ -14,10 +14,25 @@ use std::path::PathBuf;
 pub struct MetaError {
     pub op: &'static str,
     pub source: io::Error,
+    /// The step read the source (its xattrs), so the message names the source's path.
+    pub of_source: bool,
+}
+
+impl MetaError {
+    fn on_source(self) -> Self {
+        MetaError {
+            of_source: true,
+            ..self
+        }
+    }
 }
 
 fn step<T>(op: &'static str, r: io::Result<T>) -> Result<T, MetaError> {
-    r.map_err(|source| MetaError { op, source })
+    r.map_err(|source| MetaError {
+        op,
+        source,
+        of_source: false,
+    })
 }
 
 /// What applying metadata could not do without it being a failure of the entry.
@@ -90,7 +105,7 @@ impl Node<'_> {
                 .collect());
         }
         let names = match *self {
-            Node::Fd(fd) => sys::on_fd(fd, || FdRef(fd).list_xattr(), |p| xattr::list(p))?,
+            Node::Fd(fd) => sys::on_fd(fd, || FdRef(fd).list_xattr(), |p| xattr::list_deref(p))?,
             Node::At(dir, name) => xattr::list(Self::proc_path(dir, name))?,
         };
         Ok(names.collect())
@@ -99,7 +114,11 @@ impl Node<'_> {
     fn get_xattr(&self, attr: &OsStr) -> io::Result<Option<Vec<u8>>> {
         use xattr::FileExt;
         match *self {
-            Node::Fd(fd) => sys::on_fd(fd, || FdRef(fd).get_xattr(attr), |p| xattr::get(p, attr)),
+            Node::Fd(fd) => sys::on_fd(
+                fd,
+                || FdRef(fd).get_xattr(attr),
+                |p| xattr::get_deref(p, attr),
+            ),
             Node::At(dir, name) => xattr::get(Self::proc_path(dir, name), attr),
         }
     }
@@ -110,7 +129,7 @@ impl Node<'_> {
             Node::Fd(fd) => sys::on_fd(
                 fd,
                 || FdRef(fd).remove_xattr(attr),
-                |p| xattr::remove(p, attr),
+                |p| xattr::remove_deref(p, attr),
             ),
             Node::At(dir, name) => xattr::remove(Self::proc_path(dir, name), attr),
         }
@@ -122,7 +141,7 @@ impl Node<'_> {
             Node::Fd(fd) => sys::on_fd(
                 fd,
                 || FdRef(fd).set_xattr(attr, value),
-                |p| xattr::set(p, attr, value),
+                |p| xattr::set_deref(p, attr, value),
             ),
             Node::At(dir, name) => xattr::set(Self::proc_path(dir, name), attr, value),
         }
@@ -247,7 +266,8 @@ impl Preserver {
     /// Whether the ACLs, and the other xattrs, of `dst` differ from those of `src`. The usual
     /// case, neither having any, costs one list call each.
     fn xattr_diff(&self, src: Node<'_>, dst: Node<'_>) -> Result<(bool, bool), MetaError> {
-        let (a, b) = (self.readable_xattrs(src)?, self.readable_xattrs(dst)?);
+        let a = self.readable_xattrs(src).map_err(MetaError::on_source)?;
+        let b = self.readable_xattrs(dst)?;
         if a == b {
             return Ok((false, false));
         }
@@ -268,7 +288,7 @@ impl Preserver {
     /// ones the source does not have.
     fn sync_xattrs(&self, src: Node<'_>, dst: Node<'_>) -> Result<Applied, MetaError> {
         let mut applied = Applied::default();
-        let want = self.readable_xattrs(src)?;
+        let want = self.readable_xattrs(src).map_err(MetaError::on_source)?;
         let have = self.readable_xattrs(dst)?;
         for (name, _) in have
             .iter()
@@ -391,6 +411,7 @@ impl Preserver {
                     return Err(MetaError {
                         op: "chown",
                         source: e,
+                        of_source: false,
                     });
                 }
             }
@@ -404,6 +425,7 @@ impl Preserver {
                     return Err(MetaError {
                         op: "chown",
                         source: e,
+                        of_source: false,
                     });
                 }
             };
@@ -443,6 +465,7 @@ impl Preserver {
                 return Err(MetaError {
                     op: "list xattrs of",
                     source: e,
+                    of_source: true,
                 });
             }
         };
@@ -457,6 +480,7 @@ impl Preserver {
                         return Err(MetaError {
                             op: "remove inherited ACL of",
                             source: e,
+                            of_source: false,
                         });
                     }
                     _ => {}
@@ -475,6 +499,7 @@ impl Preserver {
                     return Err(MetaError {
                         op: "read xattr of",
                         source: e,
+                        of_source: true,
                     });
                 }
             };

@@ -125,16 +125,16 @@ pub fn open_new_dir<P: nix::NixPath + ?Sized>(
     Ok(nix::fcntl::openat(dir, name, flags, Mode::empty())?)
 }
 
-/// The path through /proc of the directory an O_PATH descriptor refers to, which the f* calls
-/// refuse with EBADF. Resolving it makes no request to the filesystem (the descriptor already
-/// holds the inode). The final "." makes even the calls that do not follow a final symlink
-/// (the xattr crate's l*xattr) reach the directory, not the /proc link.
+/// The path through /proc of what an O_PATH descriptor refers to, which the f* calls refuse
+/// with EBADF; calls must follow its final symlink. Following it jumps to the inode the
+/// descriptor holds: no lookup and no permission check, so no request to the filesystem
+/// (a path ending in "/." would check the directory's permission, a GETATTR on FUSE).
 pub fn fd_path(fd: BorrowedFd<'_>) -> std::path::PathBuf {
     use std::os::fd::AsRawFd;
-    std::path::PathBuf::from(format!("/proc/self/fd/{}/.", fd.as_raw_fd()))
+    std::path::PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
-/// `by_fd`, or for an O_PATH directory descriptor (EBADF) `by_path` on its /proc path.
+/// `by_fd`, or for an O_PATH descriptor (EBADF) `by_path` on its /proc path (to follow).
 pub fn on_fd<T>(
     fd: BorrowedFd<'_>,
     by_fd: impl FnOnce() -> io::Result<T>,

@@ -994,8 +994,11 @@ impl Filesystem for LatencyFs {
     ) {
         // Every close() sends FLUSH and waits for it, like an NFS close flushing to the
         // server. Data already went to the backing file at write time.
+        // A fault here is what an NFS client reports at close: a write the server refused
+        // after accepting it into the client's cache.
         let call = self.begin(Op::Flush);
-        self.reply_empty(call, reply, self.file(fh).map(drop));
+        let r = self.file(fh).and_then(|f| self.file_fault(Op::Flush, &f));
+        self.reply_empty(call, reply, r);
     }
 
     fn release(
@@ -1026,9 +1029,10 @@ impl Filesystem for LatencyFs {
         reply: ReplyEmpty,
     ) {
         let call = self.begin(Op::Fsync);
-        let r = self
-            .file(fh)
-            .and_then(|f| sys::fsync(f.fd.as_fd(), datasync));
+        let r = self.file(fh).and_then(|f| {
+            self.file_fault(Op::Fsync, &f)?;
+            sys::fsync(f.fd.as_fd(), datasync)
+        });
         self.reply_empty(call, reply, r);
     }
 

@@ -423,3 +423,86 @@ fn new_directories_on_a_network_destination_cost_no_open_and_keep_their_metadata
         "{probes} GETXATTRs on the destination server for {dirs} files"
     );
 }
+
+/// A source server that fails the xattr listing of one file (EIO): that file fails with an
+/// error naming its source path (the side that failed), nothing appears under its final
+/// name, and the rest of the tree is copied.
+#[test]
+fn a_failed_xattr_listing_of_the_source_is_reported_at_the_source_path() {
+    let tmp = tempdir();
+    let flags = [
+        "--latency-us",
+        "50",
+        "--fail-path",
+        "cursed.bin",
+        "--fail-ops",
+        "listxattr",
+    ];
+    let src_m = skip_unless!(LatencyMount::start(tmp.path(), "src", &flags));
+    let tree = src_m.back.join("tree");
+    fs::create_dir_all(tree.join("sub")).unwrap();
+    fs::write(tree.join("sub/cursed.bin"), b"data").unwrap();
+    fs::write(tree.join("sub/fine.bin"), b"more data").unwrap();
+    let dst = tmp.path().join("copy");
+    let run = treecopy(args![&src_m.mnt.join("tree"), &dst]);
+    run.assert_code(1);
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("treecopy: error:"))
+        .collect();
+    let want = format!(
+        "list xattrs of {}: Input/output error",
+        src_m.mnt.join("tree/sub/cursed.bin").display()
+    );
+    assert!(
+        errors.len() == 1 && errors[0].contains(&want),
+        "want one error containing {want:?}: {}",
+        run.stderr
+    );
+    assert!(!dst.join("sub/cursed.bin").exists());
+    assert_eq!(fs::read(dst.join("sub/fine.bin")).unwrap(), b"more data");
+    assert_no_temp_files(&dst);
+}
+
+/// A destination server that fails the FLUSH of one file's close (EIO), as an NFS server
+/// reports a write it refused after the client cached it: that file fails by its path, nothing
+/// appears under its final name, and the rest is copied.
+#[test]
+fn a_close_the_server_fails_fails_the_file_and_commits_nothing() {
+    let tmp = tempdir();
+    let flags = [
+        "--latency-us",
+        "50",
+        "--fail-path",
+        "cursed.bin",
+        "--fail-ops",
+        "flush",
+    ];
+    let dst_m = skip_unless!(LatencyMount::start(tmp.path(), "dst", &flags));
+    let tree = tmp.path().join("tree");
+    fs::create_dir_all(tree.join("sub")).unwrap();
+    write_random_file(&tree.join("sub/cursed.bin"), 200 << 10, 7);
+    write_random_file(&tree.join("sub/fine.bin"), 300 << 10, 8);
+    let run = treecopy(args![&tree, &dst_m.mnt.join("copy")]);
+    run.assert_code(1);
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("treecopy: error:"))
+        .collect();
+    assert!(
+        errors.len() == 1
+            && errors[0].contains("cursed.bin")
+            && errors[0].contains("Input/output error"),
+        "{}",
+        run.stderr
+    );
+    let copy = dst_m.back.join("copy");
+    assert!(!copy.join("sub/cursed.bin").exists());
+    assert_eq!(
+        first_difference(&tree.join("sub/fine.bin"), &copy.join("sub/fine.bin")).unwrap(),
+        None
+    );
+    assert_no_temp_files(&copy);
+}
