@@ -637,7 +637,11 @@ impl Engine {
         let listing = match sys::list_dir(dir.src.as_fd()) {
             Ok(listing) => listing,
             Err(e) => {
-                return self.report(Err(EntryError::new("read directory", &dir.src_path, e)));
+                return self.report(Err(EntryError::of_source(
+                    "read directory",
+                    &dir.src_path,
+                    e,
+                )));
             }
         };
         let is_root = dir.parent.is_none();
@@ -660,7 +664,7 @@ impl Engine {
                 None => match sys::lstat_at(dir.src.as_fd(), name.as_c_str()) {
                     Ok(st) => st.kind(),
                     Err(e) => {
-                        self.report(Err(EntryError::new("stat", &dir.src_path(&name), e)));
+                        self.report(Err(EntryError::of_source("stat", &dir.src_path(&name), e)));
                         continue;
                     }
                 },
@@ -923,8 +927,8 @@ impl Engine {
         let dst_path = parent.dst_path(name);
         let rel = parent.rel(name);
         let src =
-            sys::open_source_dir(parent.src.as_fd(), name).ctx("open directory", &src_path)?;
-        let src_stat = sys::fstat(src.as_fd()).ctx("stat", &src_path)?;
+            sys::open_source_dir(parent.src.as_fd(), name).src_ctx("open directory", &src_path)?;
+        let src_stat = sys::fstat(src.as_fd()).src_ctx("stat", &src_path)?;
         let into_itself = || {
             EntryError::new(
                 "copy",
@@ -1240,14 +1244,14 @@ impl Engine {
         // is compared by lstat first, so that an up-to-date file is never opened.
         let (src, st) = match old {
             None => {
-                let src =
-                    sys::open_source(dir.src.as_fd(), at.src_name).ctx("open", &at.src_path())?;
-                let st = sys::fstat(src.as_fd()).ctx("stat", &at.src_path())?;
+                let src = sys::open_source(dir.src.as_fd(), at.src_name)
+                    .src_ctx("open", &at.src_path())?;
+                let st = sys::fstat(src.as_fd()).src_ctx("stat", &at.src_path())?;
                 (Some(src), st)
             }
             Some(_) => (
                 None,
-                sys::lstat_at(dir.src.as_fd(), at.src_name).ctx("stat", &at.src_path())?,
+                sys::lstat_at(dir.src.as_fd(), at.src_name).src_ctx("stat", &at.src_path())?,
             ),
         };
         if st.kind() != Kind::File {
@@ -1278,9 +1282,9 @@ impl Engine {
         let (src, st) = match src {
             Some(src) => (src, st),
             None => {
-                let src =
-                    sys::open_source(dir.src.as_fd(), at.src_name).ctx("open", &at.src_path())?;
-                let st = sys::fstat(src.as_fd()).ctx("stat", &at.src_path())?;
+                let src = sys::open_source(dir.src.as_fd(), at.src_name)
+                    .src_ctx("open", &at.src_path())?;
+                let st = sys::fstat(src.as_fd()).src_ctx("stat", &at.src_path())?;
                 (src, st)
             }
         };
@@ -1307,7 +1311,8 @@ impl Engine {
             .dir
             .dst()
             .expect("an existing entry has a destination directory");
-        let src = sys::open_source(at.dir.src.as_fd(), at.src_name).ctx("open", &at.src_path())?;
+        let src =
+            sys::open_source(at.dir.src.as_fd(), at.src_name).src_ctx("open", &at.src_path())?;
         let old = sys::open_source(dst, at.dst_name).ctx("open", &at.dst_path())?;
         let (a, _) =
             crate::hash::hash_fd(src.as_fd()).map_err(|e| self.hash_error(&at.src_path(), e))?;
@@ -1533,14 +1538,14 @@ impl Engine {
 
     fn copy_symlink(&self, at: &At, hint: Hint) -> EntryResult<()> {
         let dir = at.dir;
-        let st = sys::lstat_at(dir.src.as_fd(), at.src_name).ctx("stat", &at.src_path())?;
+        let st = sys::lstat_at(dir.src.as_fd(), at.src_name).src_ctx("stat", &at.src_path())?;
         let old = self.existing(at, hint)?;
         let mut first = match self.link_or_claim(&st, at, old.as_ref())? {
             LinkStep::Done => return Ok(()),
             LinkStep::Copy(first) => first,
         };
         let target =
-            sys::readlink_at(dir.src.as_fd(), at.src_name).ctx("read link", &at.src_path())?;
+            sys::readlink_at(dir.src.as_fd(), at.src_name).src_ctx("read link", &at.src_path())?;
         let read_old_target = std::cell::Cell::new(false);
         let same_target = || {
             // A symlink's size is its target's length: only equal sizes need a readlink.
@@ -1594,7 +1599,7 @@ impl Engine {
     /// FIFOs, sockets and device nodes are recreated, never opened: a FIFO would block.
     fn copy_special(&self, at: &At, hint: Hint) -> EntryResult<()> {
         let dir = at.dir;
-        let st = sys::lstat_at(dir.src.as_fd(), at.src_name).ctx("stat", &at.src_path())?;
+        let st = sys::lstat_at(dir.src.as_fd(), at.src_name).src_ctx("stat", &at.src_path())?;
         let old = self.existing(at, hint)?;
         let mut first = match self.link_or_claim(&st, at, old.as_ref())? {
             LinkStep::Done => return Ok(()),
@@ -1710,8 +1715,11 @@ fn lock_create(mutex: &Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
 
 /// A metadata step's error, naming the side it failed on.
 fn meta_error(e: MetaError, src_path: &Path, dst_path: &Path) -> EntryError {
-    let path = if e.of_source { src_path } else { dst_path };
-    EntryError::new(e.op, path, e.source)
+    if e.of_source {
+        EntryError::of_source(e.op, src_path, e.source)
+    } else {
+        EntryError::new(e.op, dst_path, e.source)
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,9 @@ pub struct EntryError {
     /// The destination, for operations that involve both sides (a data copy).
     pub to: Option<PathBuf>,
     pub source: io::Error,
+    /// The operation read the source tree: an ENOENT there means the entry was removed after
+    /// it was listed, which a live tree does all the time (see `vanished`).
+    pub on_source: bool,
 }
 
 /// The operation name used when work stops because a signal asked us to; such an entry is not
@@ -27,6 +30,15 @@ impl EntryError {
             path: path.to_path_buf(),
             to: None,
             source: source.into(),
+            on_source: false,
+        }
+    }
+
+    /// An error of an operation on the source tree.
+    pub fn of_source(op: &'static str, path: &Path, source: impl Into<io::Error>) -> Self {
+        EntryError {
+            on_source: true,
+            ..Self::new(op, path, source)
         }
     }
 
@@ -49,6 +61,14 @@ impl EntryError {
 
     pub fn is_interruption(&self) -> bool {
         self.op == INTERRUPTED
+    }
+
+    /// The source entry was deleted between the listing and the copy: a warning and exit 24,
+    /// as rsync does, not a failure, so a nightly run over a tree that producers keep rotating
+    /// does not alert every night. Only ENOENT counts: ESTALE on NFS can also mean a server
+    /// fault, so it stays a failure.
+    pub fn vanished(&self) -> bool {
+        self.on_source && self.source.raw_os_error() == Some(libc::ENOENT)
     }
 }
 
@@ -73,10 +93,16 @@ pub type EntryResult<T> = Result<T, EntryError>;
 /// Attaches an operation and a path to an OS error.
 pub trait Context<T> {
     fn ctx(self, op: &'static str, path: &Path) -> EntryResult<T>;
+    /// The same, for an operation on the source tree.
+    fn src_ctx(self, op: &'static str, path: &Path) -> EntryResult<T>;
 }
 
 impl<T, E: Into<io::Error>> Context<T> for Result<T, E> {
     fn ctx(self, op: &'static str, path: &Path) -> EntryResult<T> {
         self.map_err(|e| EntryError::new(op, path, e))
+    }
+
+    fn src_ctx(self, op: &'static str, path: &Path) -> EntryResult<T> {
+        self.map_err(|e| EntryError::of_source(op, path, e))
     }
 }

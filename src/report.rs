@@ -26,6 +26,8 @@ pub struct Counters {
     /// Bytes of the files committed under their final names: what the summary reports.
     pub committed_bytes: AtomicU64,
     pub failed: AtomicU64,
+    /// Source entries deleted after they were listed (not failures: see EntryError::vanished).
+    pub vanished: AtomicU64,
     /// Entries whose metadata only was fixed in place.
     pub updated: AtomicU64,
     /// Entries already up to date, or left alone by --ignore-existing / --update.
@@ -52,6 +54,7 @@ impl Counters {
             &self.specials,
             &self.hardlinks,
             &self.failed,
+            &self.vanished,
             &self.skipped,
             &self.updated,
         ]
@@ -73,6 +76,8 @@ pub struct Failure {
     pub to: Option<PathBuf>,
     pub error: String,
     pub errno: Option<i32>,
+    /// The source entry vanished (a warning, listed apart in the report).
+    pub vanished: bool,
 }
 
 /// The JSON report lists at most this many failures (all are counted): a run that fails on
@@ -163,10 +168,17 @@ impl Reporter {
     }
 
     /// Reports a failed entry once and counts it. Errors are printed even with -q: a cron job
-    /// must be able to tell what failed.
+    /// must be able to tell what failed. A source entry that vanished since it was listed is
+    /// a warning, counted apart.
     pub fn failed(&self, err: &EntryError) {
-        Counters::add(&self.counters.failed, 1);
-        self.line(&format!("error: {err}"));
+        let vanished = err.vanished();
+        if vanished {
+            Counters::add(&self.counters.vanished, 1);
+            self.line(&format!("warning: vanished: {err}"));
+        } else {
+            Counters::add(&self.counters.failed, 1);
+            self.line(&format!("error: {err}"));
+        }
         if let Some(failures) = &self.failures {
             let mut failures = failures.lock().unwrap_or_else(|e| e.into_inner());
             if failures.len() < MAX_FAILURES_KEPT {
@@ -176,6 +188,7 @@ impl Reporter {
                     to: err.to.clone(),
                     error: err.source.to_string(),
                     errno: err.source.raw_os_error(),
+                    vanished,
                 });
             }
         }

@@ -14,6 +14,8 @@ pub const SCHEMA: &str = "treecopy-report/1";
 pub const EXIT_FATAL: u8 = 2;
 pub const EXIT_LOCKED: u8 = 3;
 pub const EXIT_DELETE_REFUSED: u8 = 4;
+/// Only vanished source entries kept the copy from being complete: rsync's number for it.
+pub const EXIT_VANISHED: u8 = 24;
 
 /// The outcome of a run that started.
 #[derive(Debug, Clone, Default)]
@@ -29,6 +31,8 @@ pub struct Summary {
     /// Bytes of file data copied.
     pub bytes: u64,
     pub failed: u64,
+    /// Source entries deleted after they were listed.
+    pub vanished: u64,
     /// Entries written anew (any type, directories created included).
     pub copied: u64,
     pub dirs_created: u64,
@@ -58,6 +62,7 @@ impl Summary {
             hardlinks: get(&c.hardlinks),
             bytes: get(&c.committed_bytes),
             failed: get(&c.failed),
+            vanished: get(&c.vanished),
             // Everything written anew, whatever its type.
             copied: [
                 &c.files,
@@ -79,11 +84,13 @@ impl Summary {
         }
     }
 
-    /// The process exit status: 128+signal when interrupted, 1 when anything failed.
+    /// The process exit status: 128+signal when interrupted, 1 when anything failed, 24
+    /// when the only trouble was source entries that vanished.
     pub fn exit_code(&self) -> u8 {
         match self.interrupted {
             Some(sig) => (128 + sig).clamp(0, 255) as u8,
             None if self.failed > 0 => 1,
+            None if self.vanished > 0 => EXIT_VANISHED,
             None => 0,
         }
     }
@@ -94,7 +101,7 @@ impl Summary {
         let rate = self.bytes as f64 / secs.max(1e-6) / (1024.0 * 1024.0);
         let mut line = format!(
             "summary files={} dirs={} symlinks={} specials={} hardlinks={} bytes={} failed={} \
-             copied={} updated={} skipped={} deleted={} excluded={} \
+             copied={} updated={} skipped={} deleted={} excluded={} vanished={} \
              elapsed={secs:.3}s rate={rate:.1}MiB/s",
             self.files,
             self.dirs,
@@ -108,6 +115,7 @@ impl Summary {
             self.skipped,
             self.deleted,
             self.excluded,
+            self.vanished,
         );
         if self.dry_run {
             line.push_str(" dry_run=1");
@@ -162,10 +170,11 @@ pub fn report(src: &Path, dst: &Path, ending: &Ending<'_>, started_unix: f64) ->
             doc.insert("error".into(), json!(message));
         }
         Ending::Ran(s) => {
-            let outcome = match (s.interrupted, s.failed) {
-                (Some(_), _) => "interrupted",
-                (None, 0) => "ok",
-                (None, _) => "failures",
+            let outcome = match (s.interrupted, s.failed, s.vanished) {
+                (Some(_), _, _) => "interrupted",
+                (None, 0, 0) => "ok",
+                (None, 0, _) => "vanished",
+                (None, _, _) => "failures",
             };
             doc.insert("outcome".into(), json!(outcome));
             doc.insert("exit_code".into(), json!(s.exit_code()));
@@ -182,6 +191,7 @@ pub fn report(src: &Path, dst: &Path, ending: &Ending<'_>, started_unix: f64) ->
                     "deleted": s.deleted,
                     "failed": s.failed,
                     "excluded": s.excluded,
+                    "vanished": s.vanished,
                 }),
             );
             doc.insert(
@@ -199,32 +209,41 @@ pub fn report(src: &Path, dst: &Path, ending: &Ending<'_>, started_unix: f64) ->
                 "bytes".into(),
                 json!({ "copied": s.bytes, "skipped": s.skipped_bytes }),
             );
-            let failures: Vec<Value> = s
-                .failures
-                .iter()
-                .map(|f| {
-                    let mut entry = serde_json::Map::new();
-                    for (k, v) in path_fields("path", &f.path) {
+            let entry = |f: &Failure| {
+                let mut entry = serde_json::Map::new();
+                for (k, v) in path_fields("path", &f.path) {
+                    entry.insert(k, v);
+                }
+                if let Some(to) = &f.to {
+                    for (k, v) in path_fields("to", to) {
                         entry.insert(k, v);
                     }
-                    if let Some(to) = &f.to {
-                        for (k, v) in path_fields("to", to) {
-                            entry.insert(k, v);
-                        }
-                    }
-                    entry.insert("op".into(), json!(f.op));
-                    entry.insert("error".into(), json!(f.error));
-                    entry.insert("errno".into(), json!(f.errno));
-                    Value::Object(entry)
-                })
-                .collect();
+                }
+                entry.insert("op".into(), json!(f.op));
+                entry.insert("error".into(), json!(f.error));
+                entry.insert("errno".into(), json!(f.errno));
+                Value::Object(entry)
+            };
+            let (vanished, failures): (Vec<&Failure>, Vec<&Failure>) =
+                s.failures.iter().partition(|f| f.vanished);
+            // Both lists share one cap, so either may be the one cut short.
+            let truncated = s.failures.len() >= MAX_FAILURES_KEPT;
             doc.insert(
                 "failures_truncated".into(),
-                json!(
-                    s.failed as usize > s.failures.len() && s.failures.len() >= MAX_FAILURES_KEPT
-                ),
+                json!(truncated && s.failed as usize > failures.len()),
             );
-            doc.insert("failures".into(), Value::Array(failures));
+            doc.insert(
+                "failures".into(),
+                Value::Array(failures.into_iter().map(entry).collect()),
+            );
+            doc.insert(
+                "vanished_truncated".into(),
+                json!(truncated && s.vanished as usize > vanished.len()),
+            );
+            doc.insert(
+                "vanished".into(),
+                Value::Array(vanished.into_iter().map(entry).collect()),
+            );
         }
     }
     Value::Object(doc)
@@ -249,6 +268,7 @@ mod tests {
                 to: None,
                 error: "Permission denied (os error 13)".into(),
                 errno: Some(13),
+                vanished: false,
             }],
             ..Summary::default()
         };
@@ -276,5 +296,45 @@ mod tests {
         );
         assert_eq!(refused["outcome"], "locked");
         assert_eq!(refused["exit_code"], 3);
+    }
+
+    #[test]
+    fn vanished_entries_alone_exit_24_and_are_listed_apart() {
+        let gone = Failure {
+            op: "open",
+            path: PathBuf::from("/s/gone"),
+            to: None,
+            error: "No such file or directory (os error 2)".into(),
+            errno: Some(2),
+            vanished: true,
+        };
+        let summary = Summary {
+            vanished: 1,
+            failures: vec![gone.clone()],
+            ..Summary::default()
+        };
+        assert_eq!(summary.exit_code(), EXIT_VANISHED);
+        assert!(summary.line().contains(" vanished=1 "));
+        let doc = report(
+            Path::new("/s"),
+            Path::new("/d"),
+            &Ending::Ran(&summary),
+            1.0,
+        );
+        assert_eq!(doc["outcome"], "vanished");
+        assert_eq!(doc["counts"]["vanished"], 1);
+        assert_eq!(doc["vanished"][0]["path"], "/s/gone");
+        assert_eq!(doc["failures"].as_array().map(Vec::len), Some(0));
+        // A real failure outranks a vanished entry; a signal outranks both.
+        let mixed = Summary {
+            failed: 1,
+            ..summary.clone()
+        };
+        assert_eq!(mixed.exit_code(), 1);
+        let stopped = Summary {
+            interrupted: Some(2),
+            ..mixed
+        };
+        assert_eq!(stopped.exit_code(), 130);
     }
 }

@@ -1,6 +1,7 @@
 //! Failure behaviour: fatal argument errors (exit 2), per-entry errors that leave the rest
-//! copied (exit 1: permission denied as an unprivileged user, a full destination), and that no
-//! temp file or partial file is left behind after a failure.
+//! copied (exit 1: permission denied as an unprivileged user, a full destination), source
+//! entries deleted during the run (warnings, exit 24), and that no temp file or partial file is
+//! left behind after a failure.
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, chown, symlink};
@@ -9,7 +10,7 @@ use std::process::Command;
 
 use crate::util::{
     Mount, NOBODY, RUN_TIMEOUT, Run, as_nobody, assert_no_temp_files,
-    assert_present_files_complete, bin, nobody_can_run, run_cmd, tempdir, treecopy,
+    assert_present_files_complete, bin, nobody_can_run, run_cmd, summary_fields, tempdir, treecopy,
     write_random_file,
 };
 use crate::{args, require_root, skip_unless};
@@ -286,5 +287,70 @@ fn file_onto_nonempty_directory_in_destination_fails_and_keeps_it() {
     );
     assert_eq!(fs::read(dst.join("clash/precious")).unwrap(), b"keep me");
     assert_eq!(fs::read(dst.join("fine.txt")).unwrap(), b"fine");
+    assert_no_temp_files(&dst);
+}
+
+/// A producer deleting directories of the source while treecopy copies it: whatever the
+/// timing, nothing is an error, the exit status is 0 (the deletions came too late or too early
+/// to be seen) or 24, every warning is a counted vanished entry, and every file that was
+/// copied holds its own content; the directories nobody touched are copied whole.
+#[test]
+fn directories_deleted_during_the_copy_are_vanished_not_failed() {
+    let tmp = tempdir();
+    let src = tmp.path().join("src");
+    let (dirs, per_dir) = (20, 300);
+    for d in 0..dirs {
+        let dir = src.join(format!("d{d:02}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..per_dir {
+            fs::write(dir.join(format!("f{f:03}")), format!("d{d:02}/f{f:03}")).unwrap();
+        }
+    }
+    let dst = tmp.path().join("dst");
+    let deleter = {
+        let src = src.clone();
+        std::thread::spawn(move || {
+            // The upper half goes, one directory at a time, while the copy runs.
+            for d in (dirs / 2..dirs).rev() {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                fs::remove_dir_all(src.join(format!("d{d:02}"))).unwrap();
+            }
+        })
+    };
+    let run = treecopy(args!["-j2", &src, &dst]);
+    deleter.join().unwrap();
+    assert!(
+        matches!(run.code(), Some(0 | 24)),
+        "exit {:?}: {}",
+        run.code(),
+        run.stderr
+    );
+    assert!(run.error_lines().is_empty(), "{}", run.stderr);
+    let warnings = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("treecopy: warning: vanished: "))
+        .count();
+    let fields = summary_fields(&run).expect("a summary line");
+    assert_eq!(fields["vanished"], warnings.to_string(), "{}", run.stderr);
+    assert_eq!(fields["failed"], "0");
+    assert_eq!(run.code() == Some(24), warnings > 0, "{}", run.stderr);
+    for d in 0..dirs {
+        let dir = dst.join(format!("d{d:02}"));
+        let Ok(names) = fs::read_dir(&dir) else {
+            assert!(d >= dirs / 2, "{} was not copied", dir.display());
+            continue;
+        };
+        let mut count = 0;
+        for name in names {
+            let path = name.unwrap().path();
+            let rel = format!("d{d:02}/{}", path.file_name().unwrap().to_string_lossy());
+            assert_eq!(fs::read_to_string(&path).unwrap(), rel);
+            count += 1;
+        }
+        if d < dirs / 2 {
+            assert_eq!(count, per_dir, "{}", dir.display());
+        }
+    }
     assert_no_temp_files(&dst);
 }

@@ -506,3 +506,74 @@ fn a_close_the_server_fails_fails_the_file_and_commits_nothing() {
     );
     assert_no_temp_files(&copy);
 }
+
+/// Entries a producer deletes during the run, made deterministic by a source server that
+/// answers ENOENT for their OPEN and OPENDIR after the listing named them: each is a warning
+/// naming its path, counted as vanished, not failed; the exit status is rsync's 24, nothing
+/// appears under their names, and the rest of the tree is copied.
+#[test]
+fn entries_deleted_after_the_listing_are_vanished_warnings_and_exit_24() {
+    let tmp = tempdir();
+    let flags = [
+        "--latency-us",
+        "50",
+        "--fail-path",
+        "gone*",
+        "--fail-errno",
+        "ENOENT",
+        "--fail-ops",
+        "open,opendir",
+    ];
+    let src_m = skip_unless!(LatencyMount::start(tmp.path(), "src", &flags));
+    let tree = src_m.back.join("tree");
+    fs::create_dir_all(tree.join("sub")).unwrap();
+    fs::create_dir_all(tree.join("gone-dir")).unwrap();
+    fs::write(tree.join("gone-dir/inner.bin"), b"inner").unwrap();
+    fs::write(tree.join("sub/gone.bin"), b"data").unwrap();
+    fs::write(tree.join("sub/fine.bin"), b"more data").unwrap();
+    let dst = tmp.path().join("copy");
+    let report = tmp.path().join("report.json");
+    let run = treecopy(args!["--report", &report, &src_m.mnt.join("tree"), &dst]);
+    run.assert_code(24);
+    assert!(!run.stderr.contains("treecopy: error:"), "{}", run.stderr);
+    let warnings: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("treecopy: warning: vanished: "))
+        .collect();
+    let mnt = src_m.mnt.join("tree");
+    let want = [
+        format!(
+            "open directory {}: No such file or directory",
+            mnt.join("gone-dir").display()
+        ),
+        format!(
+            "open {}: No such file or directory",
+            mnt.join("sub/gone.bin").display()
+        ),
+    ];
+    assert!(
+        warnings.len() == 2 && want.iter().all(|s| warnings.iter().any(|w| w.contains(s))),
+        "want warnings containing {want:?}: {}",
+        run.stderr
+    );
+    let summary = run
+        .stderr
+        .lines()
+        .find(|l| l.contains(" summary "))
+        .unwrap();
+    assert!(
+        summary.contains(" failed=0 ") && summary.contains(" vanished=2 "),
+        "{summary}"
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&fs::read(&report).unwrap()).unwrap();
+    assert_eq!(doc["outcome"], "vanished");
+    assert_eq!(doc["exit_code"], 24);
+    assert_eq!(doc["counts"]["vanished"], 2);
+    assert_eq!(doc["vanished"].as_array().map(Vec::len), Some(2));
+    assert_eq!(doc["failures"].as_array().map(Vec::len), Some(0));
+    assert!(!dst.join("sub/gone.bin").exists());
+    assert!(!dst.join("gone-dir").exists());
+    assert_eq!(fs::read(dst.join("sub/fine.bin")).unwrap(), b"more data");
+    assert_no_temp_files(&dst);
+}
