@@ -65,10 +65,21 @@ impl EntryError {
 
     /// The source entry was deleted between the listing and the copy: a warning and exit 24,
     /// as rsync does, not a failure, so a nightly run over a tree that producers keep rotating
-    /// does not alert every night. Only ENOENT counts: ESTALE on NFS can also mean a server
-    /// fault, so it stays a failure.
+    /// does not alert every night. ENOENT says so at once. ESTALE is what NFS answers when the
+    /// file, or the directory treecopy holds open, was deleted on the server, but also what a
+    /// server fault or an unexported share looks like; so the path is looked up afresh (the
+    /// kernel retries a stale lookup with revalidation), and only a path that no longer
+    /// resolves counts as vanished.
     pub fn vanished(&self) -> bool {
-        self.on_source && self.source.raw_os_error() == Some(libc::ENOENT)
+        if !self.on_source {
+            return false;
+        }
+        match self.source.raw_os_error() {
+            Some(libc::ENOENT) => true,
+            Some(libc::ESTALE) => std::fs::symlink_metadata(&self.path)
+                .is_err_and(|e| e.raw_os_error() == Some(libc::ENOENT)),
+            _ => false,
+        }
     }
 }
 

@@ -83,6 +83,13 @@ pub struct Args {
     #[arg(long, value_name = "OPS", value_delimiter = ',', default_value = "open,create,write,copy_file_range", value_parser = parse_op)]
     pub fail_ops: Vec<Op>,
 
+    /// Answer ESTALE, as an NFS server does for a file handle, when a request names a file
+    /// or directory (or the directory of a lookup) that was deleted from the backing store
+    /// since the kernel learned of it; without it a passthrough answers ENOENT, as a local
+    /// filesystem does.
+    #[arg(long)]
+    pub stale_handles: bool,
+
     /// Seconds the kernel may cache attributes and names before asking again
     /// (like NFS acregmin; fractional values allowed; 0 disables caching).
     #[arg(long, value_name = "SECS", default_value_t = 1.0)]

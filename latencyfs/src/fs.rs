@@ -73,6 +73,8 @@ pub struct Settings {
     pub ttl: Duration,
     pub blksize: Option<u32>,
     pub readdirplus: ReaddirPlus,
+    /// ESTALE for requests on deleted objects (NFS file-handle semantics).
+    pub stale_handles: bool,
     pub faults: Faults,
     pub verbose: bool,
 }
@@ -245,6 +247,20 @@ impl LatencyFs {
             Some(i) => self.loc(&rel[..i]),
             None => self.loc(b""),
         }
+    }
+
+    /// With --stale-handles, an ENOENT caused by `ino` itself having been deleted becomes
+    /// ESTALE: an NFS client holds file handles, and the server answers a handle whose
+    /// object is gone with NFS4ERR_STALE, which the client passes on.
+    fn stale(&self, ino: INodeNo, e: Errno) -> Errno {
+        if !self.s.stale_handles || e != Errno::ENOENT {
+            return e;
+        }
+        let gone = match self.rel(ino) {
+            Ok(rel) => self.loc(&rel).and_then(|loc| sys::lstat(&loc)).is_err(),
+            Err(_) => true,
+        };
+        if gone { Errno::ESTALE } else { e }
     }
 
     fn fault(&self, op: Op, rel: &[u8]) -> SysResult<()> {
@@ -738,7 +754,8 @@ impl Filesystem for LatencyFs {
             self.fault(Op::Lookup, &rel)?;
             let st = sys::lstat(&self.loc(&rel)?)?;
             Ok(self.entry(parent, name, &st))
-        })();
+        })()
+        .map_err(|e| self.stale(parent, e));
         self.reply_entry(call, reply, r);
     }
 
@@ -755,7 +772,7 @@ impl Filesystem for LatencyFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let call = self.begin(Op::Getattr);
-        let r = self.do_getattr(ino, fh);
+        let r = self.do_getattr(ino, fh).map_err(|e| self.stale(ino, e));
         self.reply_attr(call, reply, r);
     }
 
@@ -932,7 +949,8 @@ impl Filesystem for LatencyFs {
             self.fault(Op::Open, &rel)?;
             let fd = sys::open_at(&self.loc(&rel)?, backing_open_flags(flags.0), 0)?;
             Ok(self.add_file(ino.0, fd, &rel))
-        })();
+        })()
+        .map_err(|e| self.stale(ino, e));
         self.reply_open(call, reply, flags.0, r);
     }
 
@@ -1056,7 +1074,8 @@ impl Filesystem for LatencyFs {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(fh, Arc::new(dh));
             Ok(fh)
-        })();
+        })()
+        .map_err(|e| self.stale(ino, e));
         self.reply_open(call, reply, 0, r);
     }
 
@@ -1175,7 +1194,8 @@ impl Filesystem for LatencyFs {
             let rel = self.rel(ino)?;
             self.fault(Op::Getxattr, &rel)?;
             sys::get_or_list_xattr(&self.loc(&rel)?, Some(&name_cstr(name)?), size as usize)
-        })();
+        })()
+        .map_err(|e| self.stale(ino, e));
         self.reply_xattr(call, reply, size, r);
     }
 
@@ -1185,7 +1205,8 @@ impl Filesystem for LatencyFs {
             let rel = self.rel(ino)?;
             self.fault(Op::Listxattr, &rel)?;
             sys::get_or_list_xattr(&self.loc(&rel)?, None, size as usize)
-        })();
+        })()
+        .map_err(|e| self.stale(ino, e));
         self.reply_xattr(call, reply, size, r);
     }
 

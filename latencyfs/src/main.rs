@@ -83,6 +83,7 @@ fn run(args: Args) -> io::Result<()> {
         ttl: Duration::from_secs_f64(args.attr_timeout),
         blksize,
         readdirplus: args.readdirplus,
+        stale_handles: args.stale_handles,
         faults: Faults::new(
             args.fail_eio_after,
             args.fail_enospc_after,

@@ -927,3 +927,53 @@ fn renaming_a_directory_never_fails_requests_below_it() {
     );
     m.finish();
 }
+
+/// --stale-handles: a directory deleted on the server while a client holds it open answers
+/// ESTALE, as NFS does for a handle whose object is gone, for requests on it and for lookups
+/// in it; looked up afresh by path it is simply gone (ENOENT), and a missing name in a live
+/// directory is still ENOENT.
+#[test]
+fn stale_handles_for_deleted_objects() {
+    require_fuse!();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let m = Mount::start_with(
+        &[
+            "--latency-us",
+            "50",
+            "--stale-handles",
+            "--attr-timeout",
+            "0",
+        ],
+        |back| {
+            fs::create_dir(back.join("d")).unwrap();
+            fs::write(back.join("d/f"), b"f").unwrap();
+        },
+    );
+    let dir = fs::File::open(m.m("d")).unwrap();
+    assert_eq!(sorted_names(&m.m("d")), ["f"]);
+    fs::remove_file(m.b("d/f")).unwrap();
+    fs::remove_dir(m.b("d")).unwrap();
+    let errno = |rc: libc::c_int| (rc != 0).then(|| std::io::Error::last_os_error().raw_os_error());
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: an open fd and a valid out-pointer.
+    let rc = unsafe { libc::fstat(dir.as_raw_fd(), st.as_mut_ptr()) };
+    assert_eq!(
+        errno(rc),
+        Some(Some(libc::ESTALE)),
+        "fstat of the deleted directory"
+    );
+    let name = CString::new("f").unwrap();
+    // SAFETY: an open directory fd and a NUL-terminated name.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), libc::O_RDONLY) };
+    assert_eq!(
+        (fd < 0).then(|| std::io::Error::last_os_error().raw_os_error()),
+        Some(Some(libc::ESTALE)),
+        "open in the deleted directory"
+    );
+    let by_path = fs::symlink_metadata(m.m("d")).unwrap_err();
+    assert_eq!(by_path.raw_os_error(), Some(libc::ENOENT), "{by_path}");
+    let missing = fs::symlink_metadata(m.m("nothere")).unwrap_err();
+    assert_eq!(missing.raw_os_error(), Some(libc::ENOENT), "{missing}");
+    drop(dir);
+    m.finish();
+}

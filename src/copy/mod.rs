@@ -345,7 +345,7 @@ impl Copy<'_, '_> {
         let mut offset = 0;
         while offset < job.size {
             let Some((start, end)) = sys::next_data(job.src, offset, job.size)
-                .map_err(|e| EntryError::new("seek", job.src_path, e))?
+                .map_err(|e| EntryError::of_source("seek", job.src_path, e))?
             else {
                 break;
             };
@@ -356,7 +356,8 @@ impl Copy<'_, '_> {
                 self.probe.take();
                 self.method = Method::ReadWrite;
             }
-            sys::seek_to(job.src, start).map_err(|e| EntryError::new("seek", job.src_path, e))?;
+            sys::seek_to(job.src, start)
+                .map_err(|e| EntryError::of_source("seek", job.src_path, e))?;
             sys::seek_to(job.dst, start).map_err(|e| EntryError::new("seek", job.dst_path, e))?;
             self.copy_span(Span {
                 want: Some(end - start),
@@ -604,7 +605,7 @@ impl Copy<'_, '_> {
                     Ok(0) => return Ok(Stage::Finished),
                     Ok(n) => n,
                     Err(Errno::EINTR | Errno::EAGAIN) => continue,
-                    Err(errno) => return Err(EntryError::new("read", job.src_path, errno)),
+                    Err(errno) => return Err(EntryError::of_source("read", job.src_path, errno)),
                 };
                 if self.skip_zeros {
                     write_skipping_zeros(job, &buf[..n])?;
@@ -657,7 +658,7 @@ fn copy_chunk(
                 Ok(0) => return Ok(done),
                 Ok(n) => n,
                 Err(Errno::EINTR | Errno::EAGAIN) => continue,
-                Err(errno) => return Err(EntryError::new("read", job.src_path, errno)),
+                Err(errno) => return Err(EntryError::of_source("read", job.src_path, errno)),
             };
             let mut written = 0;
             while written < n {

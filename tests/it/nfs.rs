@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::util::{
     assert_no_temp_files, bin, compare_trees, first_difference, gen_tree, is_root, set_xattr,
-    tempdir, treecopy, write_random_file, xattrs,
+    summary_fields, tempdir, treecopy, write_random_file, xattrs,
 };
 use crate::{args, skip_unless};
 
@@ -575,5 +575,110 @@ fn entries_deleted_after_the_listing_are_vanished_warnings_and_exit_24() {
     assert!(!dst.join("sub/gone.bin").exists());
     assert!(!dst.join("gone-dir").exists());
     assert_eq!(fs::read(dst.join("sub/fine.bin")).unwrap(), b"more data");
+    assert_no_temp_files(&dst);
+}
+
+/// ESTALE from the source server for a file that is still there (a server fault, not a
+/// deletion) stays a failure: treecopy looks the path up afresh before calling anything
+/// vanished, so a share gone bad cannot pass for a rotated tree.
+#[test]
+fn a_stale_handle_on_a_file_that_is_still_there_is_a_failure() {
+    let tmp = tempdir();
+    let flags = [
+        "--latency-us",
+        "50",
+        "--fail-path",
+        "stale.bin",
+        "--fail-errno",
+        "ESTALE",
+        "--fail-ops",
+        "open",
+    ];
+    let src_m = skip_unless!(LatencyMount::start(tmp.path(), "src", &flags));
+    let tree = src_m.back.join("tree");
+    fs::create_dir_all(&tree).unwrap();
+    fs::write(tree.join("stale.bin"), b"data").unwrap();
+    fs::write(tree.join("fine.bin"), b"more data").unwrap();
+    let dst = tmp.path().join("copy");
+    let run = treecopy(args![&src_m.mnt.join("tree"), &dst]);
+    run.assert_code(1);
+    let want = format!(
+        "error: open {}: Stale file handle",
+        src_m.mnt.join("tree/stale.bin").display()
+    );
+    let errors = run.error_lines();
+    assert!(
+        errors.len() == 1 && errors[0].contains(&want),
+        "want {want:?}: {}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("vanished: "), "{}", run.stderr);
+    assert!(!dst.join("stale.bin").exists());
+    assert_eq!(fs::read(dst.join("fine.bin")).unwrap(), b"more data");
+}
+
+/// A producer deleting directories on the server while treecopy copies them, on a mount
+/// that answers ESTALE for deleted objects as NFS does (--stale-handles): whatever the
+/// timing, nothing is an error, the exit status is 0 or 24, every warning is a counted
+/// vanished entry, copied files hold their own content, and untouched directories are whole.
+#[test]
+fn directories_deleted_on_the_server_during_the_copy_are_vanished() {
+    let tmp = tempdir();
+    let flags = ["--latency-us", "500", "--stale-handles"];
+    let src_m = skip_unless!(LatencyMount::start(tmp.path(), "src", &flags));
+    let (dirs, per_dir) = (30, 100);
+    let back = src_m.back.join("src");
+    for d in 0..dirs {
+        let dir = back.join(format!("d{d:02}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..per_dir {
+            fs::write(dir.join(format!("f{f:03}")), format!("d{d:02}/f{f:03}")).unwrap();
+        }
+    }
+    let dst = tmp.path().join("copy");
+    let deleter = {
+        let back = back.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            for d in (dirs / 2..dirs).rev() {
+                std::thread::sleep(Duration::from_millis(15));
+                fs::remove_dir_all(back.join(format!("d{d:02}"))).unwrap();
+            }
+        })
+    };
+    let run = treecopy(args![&src_m.mnt.join("src"), &dst]);
+    deleter.join().unwrap();
+    assert!(
+        matches!(run.code(), Some(0 | 24)),
+        "exit {:?}: {}",
+        run.code(),
+        run.stderr
+    );
+    assert!(run.error_lines().is_empty(), "{}", run.stderr);
+    let warnings = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("treecopy: warning: vanished: "))
+        .count();
+    let fields = summary_fields(&run).expect("a summary line");
+    assert_eq!(fields["vanished"], warnings.to_string(), "{}", run.stderr);
+    assert_eq!(run.code() == Some(24), warnings > 0, "{}", run.stderr);
+    for d in 0..dirs {
+        let dir = dst.join(format!("d{d:02}"));
+        let Ok(names) = fs::read_dir(&dir) else {
+            assert!(d >= dirs / 2, "{} was not copied", dir.display());
+            continue;
+        };
+        let mut count = 0;
+        for name in names {
+            let path = name.unwrap().path();
+            let rel = format!("d{d:02}/{}", path.file_name().unwrap().to_string_lossy());
+            assert_eq!(fs::read_to_string(&path).unwrap(), rel);
+            count += 1;
+        }
+        if d < dirs / 2 {
+            assert_eq!(count, per_dir, "{}", dir.display());
+        }
+    }
     assert_no_temp_files(&dst);
 }
