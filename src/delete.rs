@@ -32,6 +32,7 @@ pub struct Removal<'a> {
 struct Frame {
     fd: OwnedFd,
     dev: u64,
+    mount: Option<u64>,
     mode: u32,
     name: CString,
     rel: PathBuf,
@@ -70,8 +71,11 @@ impl Removal<'_> {
         if st.kind() != Kind::Dir {
             return self.remove_leaf(parent, name, rel, path, st.mode);
         }
-        let parent_dev = sys::fstat(parent).ctx("stat", path)?.dev;
-        let mut stack = vec![self.open(parent, name, rel, path, parent_dev)?];
+        let parent_fs = (
+            sys::fstat(parent).ctx("stat", path)?.dev,
+            sys::mount_id(parent),
+        );
+        let mut stack = vec![self.open(parent, name, rel, path, parent_fs)?];
         while let Some(top) = stack.last_mut() {
             let Some((child, kind)) = top.pending.pop() else {
                 let done = stack.pop().expect("the stack is not empty");
@@ -87,8 +91,8 @@ impl Removal<'_> {
                     .kind(),
             };
             if kind == Kind::Dir {
-                let (fd, dev) = (top.fd.as_fd(), top.dev);
-                let frame = self.open(fd, &child, &child_rel, &child_path, dev)?;
+                let (fd, fs) = (top.fd.as_fd(), (top.dev, top.mount));
+                let frame = self.open(fd, &child, &child_rel, &child_path, fs)?;
                 stack.push(frame);
             } else {
                 let st =
@@ -122,7 +126,7 @@ impl Removal<'_> {
         name: &CStr,
         rel: &Path,
         path: &Path,
-        parent_dev: u64,
+        (parent_dev, parent_mount): (u64, Option<u64>),
     ) -> Result<Frame, Stop> {
         let fd = sys::open_dir(parent, name).ctx("open directory", path)?;
         let st = sys::fstat(fd.as_fd()).ctx("stat", path)?;
@@ -133,11 +137,14 @@ impl Removal<'_> {
                 std::io::Error::other("this is the source directory; not deleted"),
             )));
         }
-        if st.dev != parent_dev {
+        let mount = sys::mount_id(fd.as_fd());
+        // A bind mount of the same filesystem keeps st_dev: only its mount id differs.
+        let mounted_over = parent_mount.is_some() && mount.is_some() && mount != parent_mount;
+        if st.dev != parent_dev || mounted_over {
             return Err(Stop::Failed(EntryError::new(
                 "delete",
                 path,
-                std::io::Error::other("another filesystem is mounted there; not entered"),
+                std::io::Error::other("a filesystem is mounted there; not entered"),
             )));
         }
         if !self.root && !self.dry_run && st.perm() & 0o700 != 0o700 {
@@ -147,6 +154,7 @@ impl Removal<'_> {
         Ok(Frame {
             fd,
             dev: st.dev,
+            mount,
             mode: st.mode,
             name: name.to_owned(),
             rel: rel.to_path_buf(),

@@ -1256,11 +1256,7 @@ impl Engine {
         };
         if st.kind() != Kind::File {
             // Replaced by something else since the listing: never read a FIFO or device.
-            return Err(EntryError::new(
-                "open",
-                &at.src_path(),
-                io::Error::other("changed type during the copy; not a regular file"),
-            ));
+            return Err(changed_type("open", at, "a regular file"));
         }
         let mut first = match self.link_or_claim(&st, at, old.as_ref())? {
             LinkStep::Done => return Ok(()),
@@ -1539,6 +1535,9 @@ impl Engine {
     fn copy_symlink(&self, at: &At, hint: Hint) -> EntryResult<()> {
         let dir = at.dir;
         let st = sys::lstat_at(dir.src.as_fd(), at.src_name).src_ctx("stat", &at.src_path())?;
+        if st.kind() != Kind::Symlink {
+            return Err(changed_type("stat", at, "a symlink"));
+        }
         let old = self.existing(at, hint)?;
         let mut first = match self.link_or_claim(&st, at, old.as_ref())? {
             LinkStep::Done => return Ok(()),
@@ -1600,6 +1599,11 @@ impl Engine {
     fn copy_special(&self, at: &At, hint: Hint) -> EntryResult<()> {
         let dir = at.dir;
         let st = sys::lstat_at(dir.src.as_fd(), at.src_name).src_ctx("stat", &at.src_path())?;
+        if st.kind() != Kind::Special {
+            // Replaced since the listing: a regular file made by mknod would be empty, and as
+            // the first of a hard-link group it would empty every other name of the group.
+            return Err(changed_type("stat", at, "a FIFO, socket or device"));
+        }
         let old = self.existing(at, hint)?;
         let mut first = match self.link_or_claim(&st, at, old.as_ref())? {
             LinkStep::Done => return Ok(()),
@@ -1711,6 +1715,16 @@ fn lock_create(mutex: &Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
         }
     }
     lock(mutex)
+}
+
+/// A source entry found to be of another type than its listing said: it was replaced during
+/// the run. Failed, not guessed at; the next run copies it as what it then is.
+fn changed_type(op: &'static str, at: &At, was: &str) -> EntryError {
+    EntryError::of_source(
+        op,
+        &at.src_path(),
+        io::Error::other(format!("changed type during the copy; no longer {was}")),
+    )
 }
 
 /// A metadata step's error, naming the side it failed on.

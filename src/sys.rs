@@ -7,7 +7,7 @@ use nix::sys::stat::{Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{BorrowedFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
@@ -203,6 +203,28 @@ pub fn create_exclusive(
 
 pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<Stat> {
     Ok(Stat::from_raw(&nix::sys::stat::fstat(fd)?))
+}
+
+/// The id of the mount `fd` is on (statx STATX_MNT_ID, Linux 5.8), or None where the kernel
+/// cannot tell. A bind mount of the same filesystem has the same st_dev as its parent and
+/// only this tells it apart. AT_STATX_DONT_SYNC: the id is the client's own knowledge, so a
+/// network filesystem need not be asked for fresh attributes.
+pub fn mount_id(fd: BorrowedFd<'_>) -> Option<u64> {
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: a valid fd, an empty NUL-terminated path with AT_EMPTY_PATH, and a buffer of
+    // the size the kernel writes.
+    let rc = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC,
+            libc::STATX_MNT_ID,
+            stx.as_mut_ptr(),
+        )
+    };
+    // SAFETY: the kernel filled the buffer when it returned 0; it was zeroed before.
+    let stx = unsafe { stx.assume_init() };
+    (rc == 0 && stx.stx_mask & libc::STATX_MNT_ID != 0).then_some(stx.stx_mnt_id)
 }
 
 /// lstat relative to a directory handle.

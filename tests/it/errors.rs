@@ -354,3 +354,65 @@ fn directories_deleted_during_the_copy_are_vanished_not_failed() {
     }
     assert_no_temp_files(&dst);
 }
+
+/// A FIFO replaced by a hard link to a regular file between the listing and its copy (strace
+/// holds treecopy for 3 s after its first directory listing): the entry fails as changed type,
+/// and is not recreated by mknod as an empty file, which as the first name of the hard-link
+/// group would have emptied the two names of the file that never changed.
+#[test]
+fn a_special_file_replaced_after_the_listing_fails_and_empties_nothing() {
+    use std::os::unix::fs::MetadataExt;
+    use std::time::Duration;
+    require_root!();
+    if !crate::util::have("strace") {
+        eprintln!("SKIPPED: no strace to hold the run between listing and copy");
+        return;
+    }
+    let tmp = tempdir();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let made = Command::new("mkfifo").arg(src.join("p1")).status().unwrap();
+    assert!(made.success());
+    let content = b"IMPORTANT CONTENT\n";
+    fs::write(src.join("anchor"), content).unwrap();
+    fs::hard_link(src.join("anchor"), src.join("zz_other")).unwrap();
+    let dst = tmp.path().join("dst");
+    let mut cmd = Command::new("strace");
+    cmd.args(["-o", "/dev/null", "-f", "-e"])
+        .arg("inject=getdents64:delay_exit=3000000:when=1")
+        .args([bin(), "-j1"])
+        .arg(&src)
+        .arg(&dst);
+    let swap = {
+        let src = src.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            fs::remove_file(src.join("p1")).unwrap();
+            fs::hard_link(src.join("anchor"), src.join("p1")).unwrap();
+        })
+    };
+    let run = run_cmd(cmd, RUN_TIMEOUT);
+    swap.join().unwrap();
+    run.assert_code(1);
+    let errors = run.error_lines();
+    let want = format!(
+        "stat {}: changed type during the copy",
+        src.join("p1").display()
+    );
+    assert!(
+        errors.len() == 1 && errors[0].contains(&want),
+        "want {want:?}: {}",
+        run.stderr
+    );
+    assert!(!dst.join("p1").exists());
+    for name in ["anchor", "zz_other"] {
+        assert_eq!(fs::read(dst.join(name)).unwrap(), content, "{name}");
+    }
+    let ino = |n: &str| fs::metadata(dst.join(n)).unwrap().ino();
+    assert_eq!(ino("anchor"), ino("zz_other"), "still one file");
+    assert_eq!(
+        fs::read(src.join("anchor")).unwrap(),
+        content,
+        "source untouched"
+    );
+}

@@ -754,6 +754,49 @@ fn one_file_system_creates_mount_points_empty() {
     assert!(paths(&all).contains("sub/mnt/inner/deep.txt"));
 }
 
+/// --delete never enters a filesystem mounted inside DST, a tmpfs or a bind mount of the
+/// destination's own filesystem (same st_dev): each mount point is reported and kept with all
+/// it holds (and so is the directory holding it), and the rest is mirrored.
+#[test]
+fn delete_does_not_enter_mounts_in_the_destination() {
+    let tmp = tempdir();
+    let src = tmp.path().join("src");
+    put(&src, "keep.txt", b"k");
+    let dst = tmp.path().join("dst");
+    put(&dst, "stale.txt", b"s");
+    put(&dst, "old/stale.txt", b"s");
+    let precious = tmp.path().join("precious");
+    put(&precious, "v.txt", b"valuable");
+    put(&precious, "deep/w.txt", b"valuable too");
+    let _bound = skip_unless!(Mount::bind(&precious, &dst.join("old/bound")));
+    let _tmpfs = skip_unless!(Mount::tmpfs(&dst.join("scratch"), "1m"));
+    put(&dst, "scratch/t.txt", b"on tmpfs");
+
+    let run = treecopy(args!["--delete", &src, &dst]);
+    run.assert_code(1);
+    let errors = run.error_lines();
+    for mnt in ["old/bound", "scratch"] {
+        let want = format!("delete {}: ", dst.join(mnt).display());
+        assert!(
+            errors
+                .iter()
+                .any(|l| l.contains(&want) && l.contains("mounted there")),
+            "want an error for {mnt}: {}",
+            run.stderr
+        );
+    }
+    assert_eq!(fs::read(precious.join("v.txt")).unwrap(), b"valuable");
+    assert_eq!(
+        fs::read(precious.join("deep/w.txt")).unwrap(),
+        b"valuable too"
+    );
+    assert_eq!(fs::read(dst.join("scratch/t.txt")).unwrap(), b"on tmpfs");
+    assert!(!dst.join("stale.txt").exists());
+    // The directory holding the bind mount stays: its removal stops at the mount point.
+    assert!(dst.join("old/bound").is_dir());
+    assert_eq!(fs::read(dst.join("keep.txt")).unwrap(), b"k");
+}
+
 /// An xattr added to, changed on or removed from a source file (its mtime untouched) is
 /// carried to the copy by the next run, in place; `-c` also repairs an xattr changed on the
 /// copy alone.

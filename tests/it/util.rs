@@ -794,6 +794,23 @@ impl Mount {
         })
     }
 
+    /// Bind-mounts the directory `what` on `dir` (created if missing): the same filesystem,
+    /// the same st_dev, another mount.
+    pub fn bind(what: &Path, dir: &Path) -> Result<Mount, String> {
+        if !is_root() {
+            return Err("mounting needs root".into());
+        }
+        fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        sh(
+            "mount",
+            &["--bind".as_ref(), what.as_os_str(), dir.as_os_str()],
+        )?;
+        Ok(Mount {
+            dir: dir.to_path_buf(),
+            loopdev: None,
+        })
+    }
+
     /// Mounts a ramfs on `dir`: a filesystem that refuses every extended attribute (and so
     /// every ACL) with EOPNOTSUPP. It has no size limit; keep what is written to it small.
     pub fn ramfs(dir: &Path) -> Result<Mount, String> {
