@@ -12,7 +12,7 @@ use crate::config::{Config, Reflink};
 use crate::copy::{self, DeviceCache};
 use crate::delete::{Doomed, Removal, Stop};
 use crate::delta::{self, Change, MetaDiff, Policy, Verdict};
-use crate::error::{Context, EntryError, EntryResult};
+use crate::error::{Context, EntryError, EntryResult, shown};
 use crate::filter::Filter;
 use crate::links::{Claim, First, HardLinks};
 use crate::lock::LOCK_NAME;
@@ -191,7 +191,7 @@ impl Drop for Publish<'_> {
             return rep.failed(&EntryError::new("fsync", self.loc.path(), e));
         }
         match self.loc.publish(pdst) {
-            Ok(()) => rep.verbose(|| format!("published directory {}", self.loc.path().display())),
+            Ok(()) => rep.verbose(|| format!("published directory {}", shown(self.loc.path()))),
             Err(e)
                 if e.raw_os_error().is_some_and(|n| {
                     [libc::EEXIST, libc::ENOTEMPTY, libc::ENOTDIR].contains(&n)
@@ -407,9 +407,9 @@ impl Engine {
     ) -> anyhow::Result<()> {
         use anyhow::Context as _;
         let src_fd = sys::open_source_dir_path(src)
-            .with_context(|| format!("open source directory {}", src.display()))?;
+            .with_context(|| format!("open source directory {}", shown(src)))?;
         let src_stat =
-            sys::fstat(src_fd.as_fd()).with_context(|| format!("stat {}", src.display()))?;
+            sys::fstat(src_fd.as_fd()).with_context(|| format!("stat {}", shown(src)))?;
         let _ = self.root_dev.set(src_stat.dev);
         let _ = self.dst_root.set(dst.to_path_buf());
         let dry_run = self.opts.dry_run;
@@ -420,14 +420,14 @@ impl Engine {
             (false, true) => None,
             _ => Some(
                 sys::open_dir_path(dst)
-                    .with_context(|| format!("open destination directory {}", dst.display()))?,
+                    .with_context(|| format!("open destination directory {}", shown(dst)))?,
             ),
         };
         let mut created = None;
         let (dst_dev, pre_diff, passes_acls, local_dst) = match &dst_fd {
             Some(fd) => {
                 let dst_stat =
-                    sys::fstat(fd.as_fd()).with_context(|| format!("stat {}", dst.display()))?;
+                    sys::fstat(fd.as_fd()).with_context(|| format!("stat {}", shown(dst)))?;
                 let _ = self
                     .roots
                     .set(((src_stat.dev, src_stat.ino), (dst_stat.dev, dst_stat.ino)));
@@ -486,15 +486,15 @@ impl Engine {
     ) -> anyhow::Result<()> {
         use anyhow::Context as _;
         let (Some(src_dir), Some(src_name)) = (src.parent(), src.file_name()) else {
-            anyhow::bail!("source {} names no file", src.display());
+            anyhow::bail!("source {} names no file", shown(src));
         };
         let src_fd = sys::open_source_dir_path(src_dir)
-            .with_context(|| format!("open directory {}", src_dir.display()))?;
+            .with_context(|| format!("open directory {}", shown(src_dir)))?;
         let _ = self.dst_root.set(dst_dir.to_path_buf());
         let dst_fd = sys::open_dir_path(dst_dir)
-            .with_context(|| format!("open destination directory {}", dst_dir.display()))?;
+            .with_context(|| format!("open destination directory {}", shown(dst_dir)))?;
         let dst_dev = sys::fstat(dst_fd.as_fd())
-            .with_context(|| format!("stat {}", dst_dir.display()))?
+            .with_context(|| format!("stat {}", shown(dst_dir)))?
             .dev;
         let passes_acls = self.meta.passes_acls_on(dst_fd.as_fd());
         let local_dst = !sys::is_remote_fs(dst_fd.as_fd());
@@ -597,7 +597,7 @@ impl Engine {
         {
             self.rep.warn(&format!(
                 "the filesystem of {} (device {}) does not support some extended attributes (or ACLs); those are not copied there",
-                path.display(),
+                shown(path),
                 sys::dev_name(dst_dev)
             ));
         }
@@ -744,7 +744,7 @@ impl Engine {
             Err(e) => {
                 self.rep.warn(&format!(
                     "read directory {}: {e}; leftover temp files there are not cleaned",
-                    dir.dst_loc.path().display()
+                    shown(dir.dst_loc.path())
                 ));
                 return None;
             }
@@ -753,7 +753,7 @@ impl Engine {
             let stale = remove_stale(dst, &listing);
             for name in stale.removed {
                 self.rep
-                    .verbose(|| format!("removed leftover {}", dir.dst_path(&name).display()));
+                    .verbose(|| format!("removed leftover {}", shown(&dir.dst_path(&name))));
             }
             for name in stale.dirs {
                 let resumable = staged_for(name.to_bytes())
@@ -769,7 +769,7 @@ impl Engine {
             for name in stale.foreign {
                 self.rep.warn(&format!(
                     "{} looks like a leftover of a killed run but is not owned by this user with mode 0700; left alone",
-                    dir.dst_path(&name).display()
+                    shown(&dir.dst_path(&name))
                 ));
             }
         }
@@ -797,10 +797,10 @@ impl Engine {
         match removal.remove(dst, name, Path::new(""), path) {
             Ok(()) => self
                 .rep
-                .verbose(|| format!("removed leftover {}", path.display())),
+                .verbose(|| format!("removed leftover {}", shown(path))),
             Err(Stop::Failed(e)) => {
                 self.rep
-                    .warn(&format!("leftover {} not removed: {}", path.display(), e))
+                    .warn(&format!("leftover {} not removed: {}", shown(path), e))
             }
             Err(Stop::Budget) => {}
         }
@@ -850,7 +850,7 @@ impl Engine {
             self.rep
                 .itemize(Change::Deleted, doomed.mode, doomed.rel, None);
             self.rep
-                .verbose(|| format!("deleted {}", doomed.rel.display()));
+                .verbose(|| format!("deleted {}", shown(doomed.rel)));
             self.rep.deleted();
             true
         };
@@ -959,7 +959,7 @@ impl Engine {
                         self.rep.verbose(|| {
                             format!(
                                 "resuming {} (left staged by a killed run)",
-                                dst_path.display()
+                                shown(&dst_path)
                             )
                         });
                         (staged, adopted, existed) = (Some(ours), true, true);
@@ -967,7 +967,7 @@ impl Engine {
                     Err(e) => {
                         self.rep.warn(&format!(
                             "{}: cannot resume a killed run's copy ({e}); copying it again",
-                            dst_path.display()
+                            shown(&dst_path)
                         ));
                         self.remove_staged(pdst, &leftover, &parent.dst_path(&leftover));
                     }
@@ -1369,7 +1369,7 @@ impl Engine {
         // attributes its create returned: no round trip.
         let created = sys::fstat(temp_fd).ok().map(|st| Created::of(&st));
         self.rep
-            .verbose(|| format!("created {}", dir.dst_path(temp.name()).display()));
+            .verbose(|| format!("created {}", shown(&dir.dst_path(temp.name()))));
         let job = copy::Job {
             src: src.as_fd(),
             dst: temp_fd,
@@ -1390,8 +1390,8 @@ impl Engine {
         self.rep.verbose(|| {
             format!(
                 "copied {} -> {}: {bytes} bytes by {}",
-                src_path.display(),
-                dst_path.display(),
+                shown(src_path),
+                shown(dst_path),
                 method.name()
             )
         });
@@ -1437,13 +1437,8 @@ impl Engine {
                 io::Error::other("the copy's content differs from the source's"),
             ));
         }
-        self.rep.verbose(|| {
-            format!(
-                "verified {} (blake3 {})",
-                at.dst_path().display(),
-                a.to_hex()
-            )
-        });
+        self.rep
+            .verbose(|| format!("verified {} (blake3 {})", shown(&at.dst_path()), a.to_hex()));
         Ok(())
     }
 
@@ -1527,7 +1522,7 @@ impl Engine {
             .map_err(|CommitError { op, source }| EntryError::new(op, dst_path, source))?;
         if let Some(temp_path) = temp_path {
             self.rep
-                .verbose(|| format!("renamed {} -> {}", temp_path.display(), dst_path.display()));
+                .verbose(|| format!("renamed {} -> {}", shown(&temp_path), shown(dst_path)));
         }
         Ok(())
     }

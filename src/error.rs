@@ -85,12 +85,34 @@ impl EntryError {
 
 impl fmt::Display for EntryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.op, self.path.display())?;
+        write!(f, "{} {}", self.op, shown(&self.path))?;
         if let Some(to) = &self.to {
-            write!(f, " -> {}", to.display())?;
+            write!(f, " -> {}", shown(to))?;
         }
         write!(f, ": {}", self.source)
     }
+}
+
+/// A path as a line of stderr shows it: control bytes, backslash and bytes that are not
+/// UTF-8 become `\#ooo` (octal, as rsync and --itemize write them), so a name holding a
+/// newline cannot split an error line or forge another, and the exact bytes can be recovered.
+pub fn shown(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::with_capacity(path.as_os_str().len());
+    let octal = |out: &mut String, b: u8| out.push_str(&format!("\\#{b:03o}"));
+    for chunk in path.as_os_str().as_bytes().utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_ascii_control() || c == '\\' {
+                octal(&mut out, c as u8);
+            } else {
+                out.push(c);
+            }
+        }
+        for &b in chunk.invalid() {
+            octal(&mut out, b);
+        }
+    }
+    out
 }
 
 impl std::error::Error for EntryError {
@@ -115,5 +137,25 @@ impl<T, E: Into<io::Error>> Context<T> for Result<T, E> {
 
     fn src_ctx(self, op: &'static str, path: &Path) -> EntryResult<T> {
         self.map_err(|e| EntryError::of_source(op, path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    #[test]
+    fn shown_paths_take_one_line_and_keep_their_bytes() {
+        let path = Path::new(OsStr::from_bytes(
+            b"/s/evil\ntreecopy: error: x\\y\xff\xc3\xa9",
+        ));
+        assert_eq!(
+            shown(path),
+            "/s/evil\\#012treecopy: error: x\\#134y\\#377\u{e9}"
+        );
+        let err = EntryError::new("open", path, io::Error::from_raw_os_error(libc::EACCES));
+        assert_eq!(err.to_string().lines().count(), 1);
     }
 }

@@ -3,6 +3,7 @@
 //! matches the name at any depth; a leading slash anchors it at SRC; a trailing slash matches
 //! directories only). Pure: no I/O but reading an --exclude-from file.
 
+use crate::error::shown;
 use anyhow::{Context, Result, bail};
 use globset::{GlobBuilder, GlobMatcher};
 use std::path::Path;
@@ -97,7 +98,7 @@ pub fn read_rules_file(path: &Path) -> Result<Vec<RuleSpec>> {
         std::io::read_to_string(std::io::stdin()).context("read exclude patterns from stdin")?
     } else {
         std::fs::read_to_string(path)
-            .with_context(|| format!("read exclude patterns {}", path.display()))?
+            .with_context(|| format!("read exclude patterns {}", shown(path)))?
     };
     Ok(parse_rules(&text))
 }

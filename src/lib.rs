@@ -23,6 +23,7 @@ pub mod sys;
 pub mod walk;
 pub mod writeback;
 
+use crate::error::shown;
 use config::{Config, ProgressMode};
 use filter::Filter;
 use lock::{DstLock, LockError};
@@ -71,8 +72,8 @@ pub fn run(cfg: &Config) -> anyhow::Result<Summary> {
     {
         anyhow::bail!(
             "source {} is inside the destination {}: --delete could remove it",
-            src.display(),
-            dst.display()
+            shown(src),
+            shown(dst)
         );
     }
     let jobs = cfg.jobs.unwrap_or_else(|| {
@@ -86,22 +87,23 @@ pub fn run(cfg: &Config) -> anyhow::Result<Summary> {
         .build()?;
 
     // One run per destination tree: the lock is taken before anything in DST changes.
-    let dst_dir = match &plan {
-        Plan::Tree { dst, .. } if !cfg.dry_run => {
-            walk::create_destination(dst)?;
-            Some(sys::open_dir_path(dst).map_err(|e| {
-                anyhow::anyhow!("open destination directory {}: {e}", dst.display())
-            })?)
-        }
-        _ => None,
-    };
+    let dst_dir =
+        match &plan {
+            Plan::Tree { dst, .. } if !cfg.dry_run => {
+                walk::create_destination(dst)?;
+                Some(sys::open_dir_path(dst).map_err(|e| {
+                    anyhow::anyhow!("open destination directory {}: {e}", shown(dst))
+                })?)
+            }
+            _ => None,
+        };
     let mut dst_lock = None;
     if let (Some(dir), Plan::Tree { dst, .. }) = (&dst_dir, &plan) {
         let waiting = |holder: Option<i32>| {
             if !cfg.quiet {
                 eprintln!(
                     "treecopy: waiting for the lock on {} held by another run{}",
-                    dst.display(),
+                    shown(dst),
                     holder.map(|p| format!(" (pid {p})")).unwrap_or_default()
                 );
             }
@@ -112,7 +114,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<Summary> {
                 return Err(refuse(EXIT_LOCKED, lock::held_message(dst, holder)));
             }
             Err(LockError::Io(e)) => {
-                anyhow::bail!("lock {}: {e}", dst.join(".treecopy.lock").display())
+                anyhow::bail!("lock {}: {e}", shown(&dst.join(".treecopy.lock")))
             }
         }
     }
@@ -178,7 +180,7 @@ fn check_deletions(
             return Ok(0);
         };
         let listing = sys::list_dir(fd.as_fd())
-            .map_err(|e| anyhow::anyhow!("read directory {}: {e}", dir.display()))?;
+            .map_err(|e| anyhow::anyhow!("read directory {}: {e}", shown(dir)))?;
         Ok(listing
             .iter()
             .filter(|(n, _)| {
@@ -191,8 +193,8 @@ fn check_deletions(
             EXIT_DELETE_REFUSED,
             format!(
                 "source {} is empty: --delete would empty {} (is SRC mounted?); use --allow-empty-source if that is meant",
-                src.display(),
-                dst.display()
+                shown(src),
+                shown(dst)
             ),
         ));
     }
@@ -219,7 +221,7 @@ fn check_deletions(
             EXIT_DELETE_REFUSED,
             format!(
                 "--delete would remove {would} entries of {}, more than --max-delete {max}; nothing was changed",
-                dst.display()
+                shown(dst)
             ),
         ));
     }

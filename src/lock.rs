@@ -2,6 +2,7 @@
 //! whole run and released by the kernel when the process ends, however it ends, so a lock left
 //! by a killed run never blocks the next one. The file itself is removed at the end of a run.
 
+use crate::error::shown;
 use crate::sys;
 use std::ffi::CStr;
 use std::io;
@@ -126,6 +127,6 @@ pub fn held_message(dst: &Path, holder: Option<i32>) -> String {
         .unwrap_or_default();
     format!(
         "destination {} is locked by another treecopy run{by}; use --wait to wait for it",
-        dst.display()
+        shown(dst)
     )
 }

@@ -1,12 +1,14 @@
 //! The treecopy binary: parse the command line, run, print the summary and the reports, map
 //! the outcome to an exit code.
 
-use std::io::Write;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 use treecopy::Refusal;
 use treecopy::config::Config;
-use treecopy::summary::{self, EXIT_FATAL, Ending};
+use treecopy::summary::{self, EXIT_FATAL, EXIT_VANISHED, Ending};
 
 fn main() -> ExitCode {
     let cfg = match treecopy::cli::config_from_env() {
@@ -25,10 +27,15 @@ fn main() -> ExitCode {
             if !cfg.quiet {
                 let _ = writeln!(std::io::stderr(), "treecopy: {}", summary.line());
             }
-            let written = emit_report(&cfg, &Ending::Ran(&summary), started);
-            // A cron wrapper that reads the report must not take a missing one for success.
+            let mut written = emit_report(&cfg, &Ending::Ran(&summary), started);
+            if let Some(e) = treecopy::progress::stdout_error() {
+                let _ = writeln!(std::io::stderr(), "treecopy: error: write stdout: {e}");
+                written = false;
+            }
+            // A cron wrapper that reads the report (or the itemized list) must not take a
+            // missing or cut one for success.
             match summary.exit_code() {
-                0 if !written => 1,
+                0 | EXIT_VANISHED if !written => 1,
                 code => code,
             }
         }
@@ -45,35 +52,90 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-/// --json on stdout, --report to a file (written whole under a temp name, then renamed, so a
-/// reader never sees half a report). Returns false if the report file could not be written.
+/// --json on stdout, --report to a file. Returns false if the report file could not be
+/// written (a --json line that cannot be written is recorded as a stdout error).
 fn emit_report(cfg: &Config, ending: &Ending<'_>, started: f64) -> bool {
     if !cfg.json && cfg.report.is_none() {
         return true;
     }
     let doc = summary::report(&cfg.src, &cfg.dst, ending, started);
-    if cfg.json {
-        let _ = writeln!(std::io::stdout().lock(), "{doc}");
+    if cfg.json
+        && let Err(e) = writeln!(std::io::stdout().lock(), "{doc}")
+    {
+        treecopy::progress::note_stdout_error(&e);
     }
     if let Some(path) = &cfg.report {
         let text = serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n";
-        let temp = path.with_file_name(format!(
-            ".{}.tmp{}",
-            path.file_name()
-                .map(|n| n.to_string_lossy())
-                .unwrap_or_default(),
-            std::process::id()
-        ));
-        let written = std::fs::write(&temp, text).and_then(|()| std::fs::rename(&temp, path));
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&temp);
+        if let Err(e) = write_report(path, text.as_bytes()) {
             let _ = writeln!(
                 std::io::stderr(),
                 "treecopy: error: write report {}: {e}",
-                path.display()
+                treecopy::error::shown(path)
             );
             return false;
         }
     }
     true
+}
+
+/// Writes the report file. A regular file (or a new one) is written whole under a fresh temp
+/// name beside it and renamed over it, so a reader never sees half a report; a symlink is
+/// followed, so the link stays and its target is replaced. Anything else (a FIFO, /dev/stdout,
+/// a device) is written into as it is: replacing it would break the reader or the system.
+fn write_report(path: &Path, text: &[u8]) -> io::Result<()> {
+    let target = match fs::metadata(path) {
+        // A directory or a socket refuses the open with the OS's own error.
+        Ok(meta) if !meta.file_type().is_file() => {
+            return fs::OpenOptions::new()
+                .write(true)
+                .open(path)?
+                .write_all(text);
+        }
+        Ok(_) => fs::canonicalize(path)?,
+        // A dangling symlink: written through, as a shell redirection would.
+        Err(e) if e.kind() == io::ErrorKind::NotFound && path.is_symlink() => {
+            return fs::write(path, text);
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => path.to_path_buf(),
+        Err(e) => return Err(e),
+    };
+    let (mut file, temp) = create_temp_beside(&target)?;
+    let written = file
+        .write_all(text)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| fs::rename(&temp, &target));
+    if written.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    written
+}
+
+/// A new file beside `target` under a name nobody else holds (O_EXCL; never a link).
+fn create_temp_beside(target: &Path) -> io::Result<(fs::File, PathBuf)> {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let mut last = None;
+    for attempt in 0..16u32 {
+        let temp = target.with_file_name(format!(
+            ".{name}.tmp{}.{:x}",
+            std::process::id(),
+            nanos.wrapping_add(attempt.wrapping_mul(0x9e37_79b9))
+        ));
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+        {
+            Ok(file) => return Ok((file, temp)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AlreadyExists)))
 }

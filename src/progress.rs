@@ -5,7 +5,7 @@
 use crate::report::Counters;
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -37,9 +37,34 @@ pub fn start(display: Display, counters: Arc<Counters>) -> Box<dyn Progress> {
     }
 }
 
+/// The first error writing stdout other than a closed pipe (errno), 0 while there is none.
+static STDOUT_ERRNO: AtomicI32 = AtomicI32::new(0);
+
 fn write_out(line: &[u8]) {
-    // A closed stdout (`| head`) is not the copy's failure: the lines are dropped.
-    let _ = std::io::stdout().lock().write_all(line);
+    // A closed stdout (`| head`) is not the copy's failure: the lines are dropped. Any other
+    // error (a full disk under `-i > list`) means the list a script asked for is incomplete.
+    if let Err(e) = std::io::stdout().lock().write_all(line) {
+        note_stdout_error(&e);
+    }
+}
+
+/// Records a failed write to stdout, unless the reader just went away.
+pub fn note_stdout_error(e: &std::io::Error) {
+    if e.kind() != std::io::ErrorKind::BrokenPipe {
+        let errno = e.raw_os_error().unwrap_or(libc::EIO);
+        let _ = STDOUT_ERRNO.compare_exchange(0, errno, Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
+
+/// The first error writing stdout, after flushing what is buffered.
+pub fn stdout_error() -> Option<std::io::Error> {
+    if let Err(e) = std::io::stdout().lock().flush() {
+        note_stdout_error(&e);
+    }
+    match STDOUT_ERRNO.load(Ordering::Relaxed) {
+        0 => None,
+        errno => Some(std::io::Error::from_raw_os_error(errno)),
+    }
 }
 
 /// No display: lines go straight to stderr.

@@ -1,6 +1,7 @@
 //! What goes where: resolving SRC and DST into a plan (the path rules are a pure function with
 //! unit tests) and the checks that refuse a run before it touches anything.
 
+use crate::error::shown;
 use anyhow::{Context, Result, bail};
 use std::ffi::OsString;
 use std::io;
@@ -64,17 +65,17 @@ impl OperandKind {
 
 /// Looks at SRC and DST. Errors here are fatal: the run has not started.
 pub fn inspect(src: &Path, dst: &Path) -> Result<Operands> {
-    let src_meta = std::fs::metadata(src).with_context(|| format!("source {}", src.display()))?;
+    let src_meta = std::fs::metadata(src).with_context(|| format!("source {}", shown(src)))?;
     let src_real = src
         .canonicalize()
-        .with_context(|| format!("source {}", src.display()))?;
+        .with_context(|| format!("source {}", shown(src)))?;
     let dst_kind = match std::fs::metadata(dst) {
         Ok(meta) => Some(OperandKind::of(&meta)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("destination {}", dst.display())),
+        Err(e) => return Err(e).with_context(|| format!("destination {}", shown(dst))),
     };
     let dst_real =
-        resolve_existing_prefix(dst).with_context(|| format!("destination {}", dst.display()))?;
+        resolve_existing_prefix(dst).with_context(|| format!("destination {}", shown(dst)))?;
     use std::os::unix::fs::MetadataExt;
     let src_id = (src_meta.dev(), src_meta.ino());
     let dst_under_src_inode = dst_real
@@ -137,11 +138,11 @@ fn push_lexically(out: &mut PathBuf, part: &Component<'_>) {
 pub fn create_destination(dst: &Path) -> Result<()> {
     if let Some(parent) = dst.parent() {
         std::fs::create_dir_all(parent)
-            .with_context(|| format!("create directory {}", parent.display()))?;
+            .with_context(|| format!("create directory {}", shown(parent)))?;
     }
     match std::fs::create_dir(dst) {
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-            Err(e).with_context(|| format!("create directory {}", dst.display()))
+            Err(e).with_context(|| format!("create directory {}", shown(dst)))
         }
         _ => Ok(()),
     }
@@ -152,13 +153,13 @@ pub fn plan(src: &Path, dst: &Path, ops: &Operands) -> Result<Plan> {
     match ops.src_kind {
         OperandKind::Dir => {
             if ops.dst_real == ops.src_real {
-                bail!("destination {} is the source directory", dst.display());
+                bail!("destination {} is the source directory", shown(dst));
             }
             if ops.dst_real.starts_with(&ops.src_real) || ops.dst_under_src_inode {
                 bail!(
                     "destination {} is inside the source {}",
-                    dst.display(),
-                    src.display()
+                    shown(dst),
+                    shown(src)
                 );
             }
             match ops.dst_kind {
@@ -169,8 +170,8 @@ pub fn plan(src: &Path, dst: &Path, ops: &Operands) -> Result<Plan> {
                 }),
                 Some(_) => bail!(
                     "cannot copy directory {} onto {}: {}",
-                    src.display(),
-                    dst.display(),
+                    shown(src),
+                    shown(dst),
                     io::Error::from_raw_os_error(libc::ENOTDIR)
                 ),
             }
@@ -187,16 +188,16 @@ pub fn plan(src: &Path, dst: &Path, ops: &Operands) -> Result<Plan> {
                 Some(OperandKind::Dir) => ops.dst_real.join(name),
                 None if ops.dst_is_dir_syntax => bail!(
                     "destination {}: {}",
-                    dst.display(),
+                    shown(dst),
                     io::Error::from_raw_os_error(libc::ENOTDIR)
                 ),
                 _ => ops.dst_real.clone(),
             };
             if target == ops.src_real {
-                bail!("{} and {} are the same file", src.display(), dst.display());
+                bail!("{} and {} are the same file", shown(src), shown(dst));
             }
             let (Some(dst_dir), Some(dst_name)) = (target.parent(), target.file_name()) else {
-                bail!("destination {} names no file", dst.display());
+                bail!("destination {} names no file", shown(dst));
             };
             Ok(Plan::File {
                 src: ops.src_real.clone(),
@@ -206,7 +207,7 @@ pub fn plan(src: &Path, dst: &Path, ops: &Operands) -> Result<Plan> {
         }
         OperandKind::Other => bail!(
             "source {} is neither a directory nor a regular file",
-            src.display()
+            shown(src)
         ),
     }
 }

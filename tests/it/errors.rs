@@ -416,3 +416,33 @@ fn a_special_file_replaced_after_the_listing_fails_and_empties_nothing() {
         "source untouched"
     );
 }
+
+/// A failing entry whose name holds a newline, a backslash and a byte that is not UTF-8 is
+/// one error line, its name escaped as --itemize writes it: a name cannot forge a line of
+/// its own in a cron log.
+#[test]
+fn an_error_about_a_hostile_name_is_one_escaped_line() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempdir();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    let name = OsStr::from_bytes(b"evil\ntreecopy: error: forged\\\xff");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join(name), b"a file in SRC").unwrap();
+    fs::create_dir_all(dst.join(name)).unwrap();
+    fs::write(dst.join(name).join("precious"), b"keep me").unwrap();
+    let run = treecopy(args!["-q", &src, &dst]);
+    run.assert_code(1);
+    run.assert_stderr_prefixed();
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", run.stderr);
+    assert!(
+        lines[0].contains("evil\\#012treecopy: error: forged\\#134\\#377"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        fs::read(dst.join(name).join("precious")).unwrap(),
+        b"keep me"
+    );
+}

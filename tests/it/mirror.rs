@@ -8,7 +8,7 @@ use std::ffi::OsString;
 use std::fs;
 use std::hash::{DefaultHasher, Hasher};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt, symlink};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -866,6 +866,78 @@ fn report_file_is_written_whole_or_the_run_fails() {
     );
     assert!(text.contains("\"schema\": \"treecopy-report/1\""), "{text}");
     assert!(text.contains("\"outcome\": \"ok\""), "{text}");
+}
+
+/// --report onto a symlink replaces the link's target and keeps the link; onto a FIFO it
+/// writes into the FIFO (a reader gets the report) instead of replacing it with a file; a
+/// --json or --itemize stdout that cannot take the output (/dev/full) fails the run, while a
+/// reader that goes away (a closed pipe) does not. No temp file is left beside the report.
+#[test]
+fn report_and_stdout_go_where_they_point_and_their_failures_count() {
+    let (tmp, src, _dst) = src_dst();
+    small_tree(&src);
+    let logs = tmp.path().join("logs");
+    fs::create_dir(&logs).unwrap();
+    let link = tmp.path().join("current.json");
+    symlink("logs/real.json", &link).unwrap();
+    treecopy(args!["--report", &link, &src, tmp.path().join("d1")]).assert_code(0);
+    assert!(
+        fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    let real = fs::read_to_string(logs.join("real.json")).unwrap();
+    assert!(real.contains("\"outcome\": \"ok\""), "{real}");
+    let names: Vec<_> = fs::read_dir(&logs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["real.json"], "no temp file left");
+
+    let fifo = tmp.path().join("fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let reader = {
+        let fifo = fifo.clone();
+        thread::spawn(move || fs::read_to_string(fifo).unwrap())
+    };
+    treecopy(args!["--report", &fifo, &src, tmp.path().join("d2")]).assert_code(0);
+    let got = reader.join().unwrap();
+    assert!(got.contains("\"schema\": \"treecopy-report/1\""), "{got}");
+    assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+
+    for flag in ["--json", "-i"] {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "exec \"$0\" \"$@\" > /dev/full", bin(), flag])
+            .arg(&src)
+            .arg(tmp.path().join(format!("full{flag}")));
+        let run = run_cmd(cmd, Duration::from_secs(60));
+        run.assert_code(1);
+        assert!(
+            run.stderr.contains("write stdout: No space left on device"),
+            "{flag}: {}",
+            run.stderr
+        );
+    }
+    let mut cmd = Command::new(bin());
+    cmd.arg("-i")
+        .arg(&src)
+        .arg(tmp.path().join("closed"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    drop(child.stdout.take());
+    assert_eq!(
+        child.wait().unwrap().code(),
+        Some(0),
+        "a closed pipe is not a failure"
+    );
 }
 
 /// A directory in DST that only bears the temp-name pattern (not 0700, so not staged by us)
