@@ -45,7 +45,7 @@ Exit status:
   2    fatal: usage error, SRC missing, DST equal to or inside SRC, DST unusable
   3    DST is locked by another treecopy run (without --wait)
   4    refused to delete: more than --max-delete entries, or an empty SRC
-  24   nothing failed, but source entries vanished (were deleted) during the copy
+  24   nothing failed, but source entries vanished or changed during the copy
   130  interrupted by SIGINT; 143 by SIGTERM (128 + the signal number)";
 
 /// Copies a directory tree in parallel, fast and safely: files appear under their final names

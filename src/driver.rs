@@ -1387,6 +1387,13 @@ impl Engine {
             write_behind: dir.local_dst.then_some(&self.write_behind),
         };
         let (bytes, method) = copy::copy(&self.cache, &job, &self.rep)?;
+        // A producer still writing (or truncating) the file: the copy holds parts of two
+        // versions, or stops short, and must not appear under the final name. From a network
+        // source the attributes are usually still cached from the open: no round trip.
+        let after = sys::fstat(src.as_fd()).src_ctx("stat", src_path)?;
+        if (after.size, after.mtime) != (st.size, st.mtime) {
+            return Err(EntryError::changed_while_copied(src_path));
+        }
         self.rep.verbose(|| {
             format!(
                 "copied {} -> {}: {bytes} bytes by {}",

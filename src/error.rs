@@ -17,6 +17,17 @@ pub struct EntryError {
     /// The operation read the source tree: an ENOENT there means the entry was removed after
     /// it was listed, which a live tree does all the time (see `vanished`).
     pub on_source: bool,
+    /// The source file was written to while it was copied (see `changed_while_copied`).
+    pub changed: bool,
+}
+
+/// How a failed entry counts: an error (exit 1), or a source entry that vanished or changed
+/// during the run (a warning, exit 24 when nothing else failed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Failed,
+    Vanished,
+    Changed,
 }
 
 /// The operation name used when work stops because a signal asked us to; such an entry is not
@@ -31,6 +42,31 @@ impl EntryError {
             to: None,
             source: source.into(),
             on_source: false,
+            changed: false,
+        }
+    }
+
+    /// A source file whose size or modification time differed after its data was copied: the
+    /// copy mixes two versions (or is cut short by a truncation), so it is not committed. Not a
+    /// failure of the copy: a producer is still writing, and the next run copies the file.
+    pub fn changed_while_copied(path: &Path) -> Self {
+        EntryError {
+            changed: true,
+            ..Self::of_source(
+                "copy",
+                path,
+                io::Error::other("the file changed while it was copied; not committed"),
+            )
+        }
+    }
+
+    pub fn severity(&self) -> Severity {
+        if self.changed {
+            Severity::Changed
+        } else if self.vanished() {
+            Severity::Vanished
+        } else {
+            Severity::Failed
         }
     }
 

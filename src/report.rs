@@ -2,7 +2,7 @@
 //! stderr, routed through the progress display so that no line garbles the bar.
 
 use crate::delta::{Change, escape_path, itemize_code};
-use crate::error::EntryError;
+use crate::error::{EntryError, Severity};
 use crate::progress::Progress;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -28,6 +28,8 @@ pub struct Counters {
     pub failed: AtomicU64,
     /// Source entries deleted after they were listed (not failures: see EntryError::vanished).
     pub vanished: AtomicU64,
+    /// Source files written to while they were copied, so not committed.
+    pub changed: AtomicU64,
     /// Entries whose metadata only was fixed in place.
     pub updated: AtomicU64,
     /// Entries already up to date, or left alone by --ignore-existing / --update.
@@ -55,6 +57,7 @@ impl Counters {
             &self.hardlinks,
             &self.failed,
             &self.vanished,
+            &self.changed,
             &self.skipped,
             &self.updated,
         ]
@@ -76,8 +79,8 @@ pub struct Failure {
     pub to: Option<PathBuf>,
     pub error: String,
     pub errno: Option<i32>,
-    /// The source entry vanished (a warning, listed apart in the report).
-    pub vanished: bool,
+    /// Failed, or vanished or changed (warnings, listed apart in the report).
+    pub severity: Severity,
 }
 
 /// The JSON report lists at most this many failures (all are counted): a run that fails on
@@ -168,17 +171,17 @@ impl Reporter {
     }
 
     /// Reports a failed entry once and counts it. Errors are printed even with -q: a cron job
-    /// must be able to tell what failed. A source entry that vanished since it was listed is
-    /// a warning, counted apart.
+    /// must be able to tell what failed. A source entry that vanished since it was listed, or
+    /// changed while it was copied, is a warning, counted apart.
     pub fn failed(&self, err: &EntryError) {
-        let vanished = err.vanished();
-        if vanished {
-            Counters::add(&self.counters.vanished, 1);
-            self.line(&format!("warning: vanished: {err}"));
-        } else {
-            Counters::add(&self.counters.failed, 1);
-            self.line(&format!("error: {err}"));
-        }
+        let severity = err.severity();
+        let (counter, line) = match severity {
+            Severity::Failed => (&self.counters.failed, format!("error: {err}")),
+            Severity::Vanished => (&self.counters.vanished, format!("warning: vanished: {err}")),
+            Severity::Changed => (&self.counters.changed, format!("warning: changed: {err}")),
+        };
+        Counters::add(counter, 1);
+        self.line(&line);
         if let Some(failures) = &self.failures {
             let mut failures = failures.lock().unwrap_or_else(|e| e.into_inner());
             if failures.len() < MAX_FAILURES_KEPT {
@@ -188,7 +191,7 @@ impl Reporter {
                     to: err.to.clone(),
                     error: err.source.to_string(),
                     errno: err.source.raw_os_error(),
-                    vanished,
+                    severity,
                 });
             }
         }

@@ -1,6 +1,7 @@
 //! What a run did, for people and for scripts: the one-line `key=value` summary on stderr and
 //! the JSON report (schema in docs/report.md), and the exit status that goes with them.
 
+use crate::error::Severity;
 use crate::report::{Counters, Failure, MAX_FAILURES_KEPT};
 use serde_json::{Value, json};
 use std::os::unix::ffi::OsStrExt;
@@ -14,7 +15,8 @@ pub const SCHEMA: &str = "treecopy-report/1";
 pub const EXIT_FATAL: u8 = 2;
 pub const EXIT_LOCKED: u8 = 3;
 pub const EXIT_DELETE_REFUSED: u8 = 4;
-/// Only vanished source entries kept the copy from being complete: rsync's number for it.
+/// Only source entries that vanished or changed during the run kept the copy from being
+/// complete: rsync's number for vanished files.
 pub const EXIT_VANISHED: u8 = 24;
 
 /// The outcome of a run that started.
@@ -33,6 +35,8 @@ pub struct Summary {
     pub failed: u64,
     /// Source entries deleted after they were listed.
     pub vanished: u64,
+    /// Source files written to while they were copied (not committed).
+    pub changed: u64,
     /// Entries written anew (any type, directories created included).
     pub copied: u64,
     pub dirs_created: u64,
@@ -63,6 +67,7 @@ impl Summary {
             bytes: get(&c.committed_bytes),
             failed: get(&c.failed),
             vanished: get(&c.vanished),
+            changed: get(&c.changed),
             // Everything written anew, whatever its type.
             copied: [
                 &c.files,
@@ -85,12 +90,12 @@ impl Summary {
     }
 
     /// The process exit status: 128+signal when interrupted, 1 when anything failed, 24
-    /// when the only trouble was source entries that vanished.
+    /// when the only trouble was source entries that vanished or changed during the run.
     pub fn exit_code(&self) -> u8 {
         match self.interrupted {
             Some(sig) => (128 + sig).clamp(0, 255) as u8,
             None if self.failed > 0 => 1,
-            None if self.vanished > 0 => EXIT_VANISHED,
+            None if self.vanished + self.changed > 0 => EXIT_VANISHED,
             None => 0,
         }
     }
@@ -101,7 +106,7 @@ impl Summary {
         let rate = self.bytes as f64 / secs.max(1e-6) / (1024.0 * 1024.0);
         let mut line = format!(
             "summary files={} dirs={} symlinks={} specials={} hardlinks={} bytes={} failed={} \
-             copied={} updated={} skipped={} deleted={} excluded={} vanished={} \
+             copied={} updated={} skipped={} deleted={} excluded={} vanished={} changed={} \
              elapsed={secs:.3}s rate={rate:.1}MiB/s",
             self.files,
             self.dirs,
@@ -116,6 +121,7 @@ impl Summary {
             self.deleted,
             self.excluded,
             self.vanished,
+            self.changed,
         );
         if self.dry_run {
             line.push_str(" dry_run=1");
@@ -170,7 +176,7 @@ pub fn report(src: &Path, dst: &Path, ending: &Ending<'_>, started_unix: f64) ->
             doc.insert("error".into(), json!(message));
         }
         Ending::Ran(s) => {
-            let outcome = match (s.interrupted, s.failed, s.vanished) {
+            let outcome = match (s.interrupted, s.failed, s.vanished + s.changed) {
                 (Some(_), _, _) => "interrupted",
                 (None, 0, 0) => "ok",
                 (None, 0, _) => "vanished",
@@ -192,6 +198,7 @@ pub fn report(src: &Path, dst: &Path, ending: &Ending<'_>, started_unix: f64) ->
                     "failed": s.failed,
                     "excluded": s.excluded,
                     "vanished": s.vanished,
+                    "changed": s.changed,
                 }),
             );
             doc.insert(
@@ -224,26 +231,25 @@ pub fn report(src: &Path, dst: &Path, ending: &Ending<'_>, started_unix: f64) ->
                 entry.insert("errno".into(), json!(f.errno));
                 Value::Object(entry)
             };
-            let (vanished, failures): (Vec<&Failure>, Vec<&Failure>) =
-                s.failures.iter().partition(|f| f.vanished);
-            // Both lists share one cap, so either may be the one cut short.
+            // The lists share one cap, so any of them may be the one cut short.
             let truncated = s.failures.len() >= MAX_FAILURES_KEPT;
-            doc.insert(
-                "failures_truncated".into(),
-                json!(truncated && s.failed as usize > failures.len()),
-            );
-            doc.insert(
-                "failures".into(),
-                Value::Array(failures.into_iter().map(entry).collect()),
-            );
-            doc.insert(
-                "vanished_truncated".into(),
-                json!(truncated && s.vanished as usize > vanished.len()),
-            );
-            doc.insert(
-                "vanished".into(),
-                Value::Array(vanished.into_iter().map(entry).collect()),
-            );
+            for (key, severity, count) in [
+                ("failures", Severity::Failed, s.failed),
+                ("vanished", Severity::Vanished, s.vanished),
+                ("changed", Severity::Changed, s.changed),
+            ] {
+                let listed: Vec<Value> = s
+                    .failures
+                    .iter()
+                    .filter(|f| f.severity == severity)
+                    .map(entry)
+                    .collect();
+                doc.insert(
+                    format!("{key}_truncated"),
+                    json!(truncated && count as usize > listed.len()),
+                );
+                doc.insert(key.into(), Value::Array(listed));
+            }
         }
     }
     Value::Object(doc)
@@ -268,7 +274,7 @@ mod tests {
                 to: None,
                 error: "Permission denied (os error 13)".into(),
                 errno: Some(13),
-                vanished: false,
+                severity: Severity::Failed,
             }],
             ..Summary::default()
         };
@@ -306,7 +312,7 @@ mod tests {
             to: None,
             error: "No such file or directory (os error 2)".into(),
             errno: Some(2),
-            vanished: true,
+            severity: Severity::Vanished,
         };
         let summary = Summary {
             vanished: 1,
@@ -336,5 +342,13 @@ mod tests {
             ..mixed
         };
         assert_eq!(stopped.exit_code(), 130);
+        let changed = Summary {
+            changed: 1,
+            ..Summary::default()
+        };
+        assert_eq!(changed.exit_code(), EXIT_VANISHED);
+        assert!(changed.line().contains(" changed=1 "));
+        let doc = report(Path::new("/s"), Path::new("/d"), &Ending::Ran(&changed), 1.0);
+        assert_eq!(doc["counts"]["changed"], 1);
     }
 }

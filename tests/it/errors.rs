@@ -446,3 +446,57 @@ fn an_error_about_a_hostile_name_is_one_escaped_line() {
         b"keep me"
     );
 }
+
+/// A source file written to while it is copied (strace holds treecopy for 2 s after its first
+/// data copy call while the test appends to the file): the copy mixes two versions, so it is
+/// not committed; the run warns, counts it as changed, exits 24, and copies the rest. The
+/// next run copies the file whole.
+#[test]
+fn a_file_written_to_while_it_is_copied_is_not_committed() {
+    use std::io::Write;
+    use std::time::Duration;
+    require_root!();
+    if !crate::util::have("strace") {
+        eprintln!("SKIPPED: no strace to hold the run during the copy");
+        return;
+    }
+    let tmp = tempdir();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    write_random_file(&src.join("growing.bin"), 1 << 20, 11);
+    let dst = tmp.path().join("dst");
+    let mut cmd = Command::new("strace");
+    cmd.args(["-o", "/dev/null", "-f", "-e"])
+        .arg("inject=copy_file_range,sendfile:delay_exit=2000000:when=1")
+        .args([bin(), "-j1"])
+        .arg(&src)
+        .arg(&dst);
+    let writer = {
+        let path = src.join("growing.bin");
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1000));
+            let mut f = fs::OpenOptions::new().append(true).open(path).unwrap();
+            f.write_all(b"the producer's last words").unwrap();
+        })
+    };
+    let run = run_cmd(cmd, RUN_TIMEOUT);
+    writer.join().unwrap();
+    run.assert_code(24);
+    let want = format!(
+        "warning: changed: copy {}: the file changed while it was copied; not committed",
+        src.join("growing.bin").display()
+    );
+    assert!(run.stderr.contains(&want), "want {want:?}: {}", run.stderr);
+    let fields = crate::util::summary_fields(&run).expect("a summary line");
+    assert_eq!(
+        (fields["changed"].as_str(), fields["failed"].as_str()),
+        ("1", "0")
+    );
+    assert!(!dst.join("growing.bin").exists());
+    assert_no_temp_files(&dst);
+    treecopy(args![&src, &dst]).assert_code(0);
+    assert_eq!(
+        fs::read(dst.join("growing.bin")).unwrap(),
+        fs::read(src.join("growing.bin")).unwrap()
+    );
+}
