@@ -1444,8 +1444,13 @@ impl Engine {
                 io::Error::other("the copy's content differs from the source's"),
             ));
         }
-        self.rep
-            .verbose(|| format!("verified {} (blake3 {})", shown(&at.dst_path()), a.to_hex()));
+        self.rep.verbose(|| {
+            format!(
+                "verified {} (content hash {})",
+                shown(&at.dst_path()),
+                a.to_hex()
+            )
+        });
         Ok(())
     }
 

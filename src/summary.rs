@@ -348,7 +348,12 @@ mod tests {
         };
         assert_eq!(changed.exit_code(), EXIT_VANISHED);
         assert!(changed.line().contains(" changed=1 "));
-        let doc = report(Path::new("/s"), Path::new("/d"), &Ending::Ran(&changed), 1.0);
+        let doc = report(
+            Path::new("/s"),
+            Path::new("/d"),
+            &Ending::Ran(&changed),
+            1.0,
+        );
         assert_eq!(doc["counts"]["changed"], 1);
     }
 }
