@@ -12,7 +12,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Every temp name starts with this, followed by `<pid>.<sequence>`, so later runs can tell
@@ -20,6 +20,17 @@ use std::sync::{Arc, Mutex, OnceLock};
 pub const TEMP_PREFIX: &str = ".treecopy-tmp.";
 
 static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+
+/// Set when an uncommitted entry under its final name in a staged directory could be neither
+/// removed nor moved to a temp name: from then on no staged directory is published, since one
+/// of them holds an incomplete entry under a final name. They stay hidden; the next run
+/// resumes them.
+static STUCK_IN_STAGED: AtomicBool = AtomicBool::new(false);
+
+/// Whether staged directories must stay unpublished (see STUCK_IN_STAGED).
+pub fn staged_entry_stuck() -> bool {
+    STUCK_IN_STAGED.load(Ordering::Relaxed)
+}
 
 /// Our pid, asked once: it is part of every temp name, and getpid is a syscall per file.
 fn pid() -> u32 {
@@ -175,8 +186,16 @@ impl<'d> TempEntry<'d> {
 impl Drop for TempEntry<'_> {
     fn drop(&mut self) {
         self.fd.take();
-        if !self.committed {
-            let _ = sys::unlink_at(self.dir, &self.name);
+        if self.committed || sys::unlink_at(self.dir, &self.name).is_ok() {
+            return;
+        }
+        // A temp name that cannot be removed is a leftover the next run removes. A final name
+        // in a staged directory must not stay: move it to a temp name, or else keep every
+        // staged directory hidden.
+        if self.in_place
+            && sys::rename_noreplace(self.dir, &self.name, self.dir, &next_temp_name()).is_err()
+        {
+            STUCK_IN_STAGED.store(true, Ordering::Relaxed);
         }
     }
 }
@@ -368,12 +387,31 @@ impl Location {
     /// never over something of that name that appeared meanwhile (EEXIST, or on NFS ENOTEMPTY
     /// and ENOTDIR). Readers of `current` wait for the rename, so they never see the old name
     /// after it.
-    pub fn publish(&self, parent_dir: BorrowedFd<'_>) -> io::Result<()> {
+    ///
+    /// Where the name was taken, `merge(temp, final)` moves the entries into what is there;
+    /// the directory then counts as published (its entries live under the final path, or
+    /// failed by name), and readers of `current` wait for the merge as for the rename.
+    pub fn publish(
+        &self,
+        parent_dir: BorrowedFd<'_>,
+        merge: impl FnOnce(&CStr, &CStr),
+    ) -> io::Result<()> {
         let mut staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
         let (Some(temp), Some(name)) = (&*staged, self.path.file_name()) else {
             return Ok(());
         };
-        sys::rename_noreplace(parent_dir, temp, parent_dir, &sys::cstring(name)?)?;
+        let name = sys::cstring(name)?;
+        match sys::rename_noreplace(parent_dir, temp, parent_dir, &name) {
+            Ok(()) => {}
+            Err(e)
+                if e.raw_os_error().is_some_and(|n| {
+                    [libc::EEXIST, libc::ENOTEMPTY, libc::ENOTDIR].contains(&n)
+                }) =>
+            {
+                merge(temp, &name)
+            }
+            Err(e) => return Err(e),
+        }
         *staged = None;
         Ok(())
     }
@@ -543,7 +581,7 @@ mod tests {
         let st = at_current(&loc, c"a.grib", |path| {
             calls.set(calls.get() + 1);
             if calls.get() == 1 {
-                loc.publish(root_fd.as_fd())?;
+                loc.publish(root_fd.as_fd(), |_, _| panic!("the final name is free"))?;
             }
             sys::lstat_long(path)
         })

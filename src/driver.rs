@@ -107,6 +107,11 @@ impl DirPair<'_> {
         if engine.opts.count_deletions_only {
             return;
         }
+        if crate::commit::staged_entry_stuck() && self.dst_loc.staged_name().is_some() {
+            // Left staged (see Publish): keep the staged mode, by which the next run knows
+            // to resume it.
+            return;
+        }
         if let Some(meta) = &self.meta {
             if self.existed && self.pre_diff.any() {
                 engine
@@ -184,62 +189,106 @@ impl Drop for Publish<'_> {
             return;
         };
         let rep = &self.parent.engine.rep;
+        if crate::commit::staged_entry_stuck() {
+            // Back to the mode of a staged directory, by which the next run knows to resume it.
+            if let Some(staged) = self.loc.staged_name() {
+                let _ = sys::chmod_at(pdst, &staged, 0o700);
+            }
+            let why = io::Error::other(
+                "not published: an incomplete entry in a staged directory could not be removed",
+            );
+            return rep.failed(&EntryError::new("rename", self.loc.path(), why));
+        }
         if let Some(dir) = &self.durable
             && let Err(e) = sys::fsync(dir.as_fd())
         {
             // Left staged: the next run resumes it.
             return rep.failed(&EntryError::new("fsync", self.loc.path(), e));
         }
-        match self.loc.publish(pdst) {
+        let published = self
+            .loc
+            .publish(pdst, |temp, name| self.merge(pdst, temp, name));
+        match published {
             Ok(()) => rep.verbose(|| format!("published directory {}", shown(self.loc.path()))),
-            Err(e)
-                if e.raw_os_error().is_some_and(|n| {
-                    [libc::EEXIST, libc::ENOTEMPTY, libc::ENOTDIR].contains(&n)
-                }) =>
-            {
-                self.merge(pdst)
-            }
             Err(e) => rep.failed(&EntryError::new("rename", self.loc.path(), e)),
         }
     }
 }
 
 impl Publish<'_> {
-    /// The final name appeared while the directory was staged (made by someone else): the
-    /// staged entries are moved into it one by one, none over what is there; each one that
-    /// cannot be moved fails by name. The staged directory is then removed, so no temp entry
-    /// is left.
-    fn merge(&self, pdst: BorrowedFd<'_>) {
+    /// The final name appeared while the directory was staged (someone else made it): what
+    /// they put there is moved into the staged directory (where a name is in both, ours, the
+    /// source's copy, wins; directories in both are merged), and the staged directory, which
+    /// tasks may still be writing into by handle, then replaces the emptied one by rename. If
+    /// that cannot be done (a non-directory took the name), the directory fails by name and
+    /// its staged copy is removed.
+    fn merge(&self, pdst: BorrowedFd<'_>, staged: &CStr, name: &CStr) {
         let engine = self.parent.engine;
         let path = self.loc.path();
-        let (Some(staged), Some(name)) = (self.loc.staged_name(), path.file_name()) else {
-            return;
-        };
-        let moved = (|| -> io::Result<()> {
-            let name = sys::cstring(name)?;
-            let from = sys::open_dir(pdst, staged.as_c_str())?;
-            let into =
-                sys::open_dir(pdst, name.as_c_str()).map_err(|e| match e.raw_os_error() {
+        let merged = (|| -> io::Result<()> {
+            let ours = sys::open_dir(pdst, staged)?;
+            for _ in 0..MERGE_ROUNDS {
+                let theirs = sys::open_dir(pdst, name).map_err(|e| match e.raw_os_error() {
                     Some(libc::ENOTDIR) | Some(libc::ELOOP) => io::Error::other(
                         "a non-directory of that name appeared during the copy; not replaced",
                     ),
                     _ => e,
                 })?;
-            for (entry, _) in sys::list_dir(from.as_fd())? {
-                if let Err(e) = sys::rename_noreplace(from.as_fd(), &entry, into.as_fd(), &entry) {
-                    let entry_path = path.join(OsStr::from_bytes(entry.to_bytes()));
-                    engine
-                        .rep
-                        .failed(&EntryError::new("rename", &entry_path, e));
+                pull_entries(theirs.as_fd(), ours.as_fd(), path)?;
+                // Plain rename: over an empty directory it is atomic. More entries may have
+                // appeared meanwhile (ENOTEMPTY): pull again.
+                match sys::rename_across_to(pdst, staged, pdst, name) {
+                    Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => continue,
+                    result => return result,
                 }
             }
-            Ok(())
+            Err(io::Error::from_raw_os_error(libc::ENOTEMPTY))
         })();
-        if let Err(e) = moved {
+        if let Err(e) = merged {
             engine.rep.failed(&EntryError::new("rename", path, e));
+            // Never published, so nothing of it is counted as deleted; no temp entry stays.
+            engine.remove_staged(pdst, staged, path);
         }
-        engine.remove_staged(pdst, &staged, &self.loc.current());
     }
+}
+
+/// How often a merge pulls entries that keep appearing before it gives up.
+const MERGE_ROUNDS: usize = 4;
+
+/// Moves every entry of `theirs` into `ours`. Where `ours` has the name too: two directories
+/// are merged in turn, and theirs removed once empty; a non-directory of theirs is removed
+/// (ours is the source's version); a directory against a non-directory is an error.
+fn pull_entries(theirs: BorrowedFd<'_>, ours: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    for (entry, _) in sys::list_dir(theirs)? {
+        let taken = match sys::rename_noreplace(theirs, &entry, ours, &entry) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => true,
+            result => {
+                result?;
+                false
+            }
+        };
+        if !taken {
+            continue;
+        }
+        let entry_path = path.join(OsStr::from_bytes(entry.to_bytes()));
+        let kind = |dir| sys::lstat_at(dir, entry.as_c_str()).map(|st| st.kind());
+        match (kind(theirs)?, kind(ours)?) {
+            (Kind::Dir, Kind::Dir) => {
+                let from = sys::open_dir(theirs, entry.as_c_str())?;
+                let into = sys::open_dir(ours, entry.as_c_str())?;
+                pull_entries(from.as_fd(), into.as_fd(), &entry_path)?;
+                sys::rmdir_at(theirs, &entry)?;
+            }
+            (a, b) if a != Kind::Dir && b != Kind::Dir => sys::unlink_at(theirs, &entry)?,
+            _ => {
+                return Err(io::Error::other(format!(
+                    "{}: a directory and a non-directory of this name; not replaced",
+                    shown(&entry_path)
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Where a hard-link group's first name was committed: by its directory's location, which

@@ -249,6 +249,17 @@ pub fn rename_at(dir: BorrowedFd<'_>, from: &CStr, to: &CStr) -> io::Result<()> 
     Ok(nix::fcntl::renameat(dir, from, dir, to)?)
 }
 
+/// Renames `from` in `from_dir` to `to` in `to_dir`, replacing a non-directory or an empty
+/// directory there.
+pub fn rename_across_to(
+    from_dir: BorrowedFd<'_>,
+    from: &CStr,
+    to_dir: BorrowedFd<'_>,
+    to: &CStr,
+) -> io::Result<()> {
+    Ok(nix::fcntl::renameat(from_dir, from, to_dir, to)?)
+}
+
 /// Renames `from` in `from_dir` to `to` in `to_dir`, failing with EEXIST where `to` exists
 /// (RENAME_NOREPLACE). Where the filesystem lacks the flag (NFS: EINVAL), `to` is looked up
 /// first and the rename is plain: the no-replace promise then holds but for a name made in

@@ -682,3 +682,92 @@ fn directories_deleted_on_the_server_during_the_copy_are_vanished() {
     }
     assert_no_temp_files(&dst);
 }
+
+/// A destination server that fails a file's writes and then its removal (EIO): inside a new
+/// directory, where files are created under their final names while the directory is still
+/// hidden, the failed file is moved to a temp name instead, so the published directory holds
+/// nothing incomplete under a final name; the next run removes the leftover and copies it.
+/// When the move fails too, the directory stays hidden rather than being published with it.
+#[test]
+fn a_failed_file_that_cannot_be_removed_never_shows_under_its_name() {
+    let tmp = tempdir();
+    let tree = tmp.path().join("tree");
+    fs::create_dir_all(tree.join("d")).unwrap();
+    write_random_file(&tree.join("d/f3"), 50_000, 3);
+    fs::write(tree.join("d/fine"), b"fine").unwrap();
+    for (name, ops) in [("moved", "write,unlink"), ("hidden", "write,unlink,rename")] {
+        let base = tmp.path().join(name);
+        let flags = [
+            "--latency-us",
+            "50",
+            "--fail-path",
+            "*f3",
+            "--fail-ops",
+            ops,
+        ];
+        let dst_m = skip_unless!(LatencyMount::start(&base, "dst", &flags));
+        let run = treecopy(args![&tree, &dst_m.mnt.join("copy")]);
+        run.assert_code(1);
+        let copy = dst_m.back.join("copy");
+        assert!(!copy.join("d/f3").exists(), "{name}: {}", run.stderr);
+        if name == "moved" {
+            assert_eq!(fs::read(copy.join("d/fine")).unwrap(), b"fine");
+        } else {
+            assert!(!copy.join("d").exists(), "{name}: published");
+            assert!(run.stderr.contains("not published"), "{}", run.stderr);
+        }
+        drop(dst_m);
+        // Without the faults, the next run leaves the copy whole and no temp name behind.
+        let again = skip_unless!(LatencyMount::start(&base, "dst", &["--latency-us", "50"]));
+        treecopy(args![&tree, &again.mnt.join("copy")]).assert_code(0);
+        assert_eq!(
+            first_difference(&tree.join("d/f3"), &copy.join("d/f3")).unwrap(),
+            None
+        );
+        assert_no_temp_files(&copy);
+    }
+}
+
+/// Another process creating the directories treecopy is still staging (here `mkdir -p` of
+/// every `dN/sub` while a slow source is copied): each is merged, with no error, no temp
+/// directory left behind, the copy equal to the source, and a second run that copies nothing.
+#[test]
+fn directories_made_by_another_process_during_the_copy_are_merged() {
+    let tmp = tempdir();
+    let flags = ["--latency-us", "3000", "--no-copy-file-range"];
+    let src_m = skip_unless!(LatencyMount::start(tmp.path(), "src", &flags));
+    let back = src_m.back.join("tree");
+    for d in 1..=12 {
+        for f in 0..20 {
+            let dir = back.join(format!("d{d}/sub"));
+            fs::create_dir_all(&dir).unwrap();
+            write_random_file(
+                &dir.join(format!("f{f}")),
+                3000 + f * 100,
+                (d * 100 + f) as u64,
+            );
+            write_random_file(&back.join(format!("d{d}/g{f}")), 2000, f as u64);
+        }
+    }
+    let dst = tmp.path().join("copy");
+    fs::create_dir(&dst).unwrap();
+    let maker = {
+        let dst = dst.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            for d in 1..=12 {
+                fs::create_dir_all(dst.join(format!("d{d}/sub"))).unwrap();
+            }
+        })
+    };
+    let run = treecopy(args!["-j4", &src_m.mnt.join("tree"), &dst]);
+    maker.join().unwrap();
+    run.assert_code(0);
+    assert!(run.error_lines().is_empty(), "{}", run.stderr);
+    assert_no_temp_files(&dst);
+    compare_trees(&back, &dst);
+    let again = treecopy(args![&src_m.mnt.join("tree"), &dst]);
+    again.assert_code(0);
+    let fields = summary_fields(&again).expect("a summary line");
+    assert_eq!(fields["copied"], "0", "{}", again.stderr);
+}
