@@ -215,12 +215,10 @@ pub fn itemize_code(change: Change, st_mode: u32) -> String {
             size,
             meta,
         } => {
-            // Time always travels with new data; symlinks and devices changed their value.
+            // Symlinks and devices changed their value. A file's `t` shows only when its mtime
+            // differed, as rsync shows it: new content found by --checksum under the same
+            // size and mtime is `>fc........`.
             let first = if is_file { '>' } else { 'c' };
-            let meta = MetaDiff {
-                mtime: meta.mtime || is_file,
-                ..meta
-            };
             flags(first, content || !is_file, size, &meta)
         }
         Change::Meta(meta) => flags('.', false, false, &meta),
@@ -430,7 +428,13 @@ mod tests {
             size: true,
             meta: none,
         };
-        assert_eq!(itemize_code(data, F), ">f.st......");
+        assert_eq!(itemize_code(data, F), ">f.s.......");
+        let by_checksum = Change::Data {
+            content: true,
+            size: false,
+            meta: none,
+        };
+        assert_eq!(itemize_code(by_checksum, F), ">fc........");
         let perms = MetaDiff {
             perms: true,
             ..none
