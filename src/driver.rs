@@ -1436,6 +1436,9 @@ impl Engine {
             write_behind: dir.local_dst.then_some(&self.write_behind),
         };
         let (bytes, method) = copy::copy(&self.cache, &job, &self.rep)?;
+        // The progress total counts files at their size; a sparse file's holes were never
+        // copied, so they count as done now, or the bar would stop short of its total.
+        self.rep.copied_bytes(st.size.saturating_sub(bytes));
         // A producer still writing (or truncating) the file: the copy holds parts of two
         // versions, or stops short, and must not appear under the final name. From a network
         // source the attributes are usually still cached from the open: no round trip.
