@@ -297,6 +297,9 @@ fn pull_entries(theirs: BorrowedFd<'_>, ours: BorrowedFd<'_>, path: &Path) -> io
 struct LinkTarget {
     dir: Arc<Location>,
     name: CString,
+    /// A dry run would have written the first name anew: the other names, though still
+    /// linked to the old copy, would be relinked.
+    rewritten_by_dry_run: bool,
 }
 
 impl LinkTarget {
@@ -1320,7 +1323,10 @@ impl Engine {
             self.rep.itemize(change, st.mode, &at.rel(), None);
             self.rep.done_file(st.size);
             if let Some(first) = first {
-                first.committed(at.target());
+                first.committed(LinkTarget {
+                    rewritten_by_dry_run: true,
+                    ..at.target()
+                });
             }
             return Ok(());
         }
@@ -1550,6 +1556,7 @@ impl Engine {
     fn link_file(&self, at: &At, existing: &LinkTarget, old: Option<&Stat>) -> EntryResult<bool> {
         let (from_dir, from_name) = (&existing.dir, &existing.name);
         if let Some(old) = old
+            && !existing.rewritten_by_dry_run
             && let Ok(target) = at_current(from_dir, from_name, sys::lstat_long)
             && (target.dev, target.ino) == (old.dev, old.ino)
         {
@@ -1735,6 +1742,7 @@ impl At<'_, '_> {
         LinkTarget {
             dir: Arc::clone(&self.dir.dst_loc),
             name: self.dst_name.to_owned(),
+            rewritten_by_dry_run: false,
         }
     }
 }

@@ -1068,3 +1068,25 @@ fn a_cut_off_file_in_a_resumed_directory_is_copied_again_whatever_the_policy() {
         );
     }
 }
+
+/// A hard-linked pair whose copy was changed in place: the real run writes one name anew and
+/// relinks the other, and --dry-run says so too (it used to list only the rewrite, since the
+/// names were still linked to each other in the untouched destination).
+#[test]
+fn dry_run_lists_the_relinks_of_a_rewritten_hard_link_group() {
+    let (_tmp, src, dst) = src_dst();
+    put(&src, "a", b"a\n");
+    fs::hard_link(src.join("a"), src.join("b")).unwrap();
+    treecopy(args!["-q", &src, &dst]).assert_code(0);
+    fs::write(dst.join("a"), b"changed\n").unwrap();
+    let dry = treecopy(args!["-n", "-i", "-j1", &src, &dst]);
+    dry.assert_code(0);
+    let real = treecopy(args!["-i", "-j1", &src, &dst]);
+    real.assert_code(0);
+    let kinds = |run: &Run| -> BTreeSet<String> {
+        itemized(run).iter().map(|l| l[..2].to_string()).collect()
+    };
+    assert_eq!(kinds(&real), set_of(">f|hf"), "{:?}", itemized(&real));
+    assert_eq!(kinds(&dry), kinds(&real), "dry {:?}", itemized(&dry));
+    compare_trees(&src, &dst);
+}
