@@ -100,6 +100,14 @@ impl LatencyMount {
         if !ok.is_ok_and(|s| s.success()) {
             let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
         }
+        // The daemon writes its counters as it exits: wait for them, so that the test's temp
+        // folder is not removed while the daemon is still writing into it (which left the
+        // folder behind).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while fs::metadata(&self.stats).map_or(true, |m| m.len() == 0) && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
