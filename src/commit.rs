@@ -340,6 +340,8 @@ pub struct Location {
     path: PathBuf,
     /// The temp name the directory has until it is published.
     staged: Mutex<Option<CString>>,
+    /// Its publication failed and the staged directory was removed: nothing is left to finish.
+    abandoned: AtomicBool,
 }
 
 impl Location {
@@ -348,6 +350,7 @@ impl Location {
             parent: None,
             path: path.to_path_buf(),
             staged: Mutex::new(None),
+            abandoned: AtomicBool::new(false),
         })
     }
 
@@ -356,6 +359,7 @@ impl Location {
             parent: Some(Arc::clone(parent)),
             path: parent.path.join(OsStr::from_bytes(name.to_bytes())),
             staged: Mutex::new(staged),
+            abandoned: AtomicBool::new(false),
         })
     }
 
@@ -414,6 +418,14 @@ impl Location {
         }
         *staged = None;
         Ok(())
+    }
+
+    pub fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Relaxed)
     }
 
     /// The temp name, while the directory is staged.

@@ -107,6 +107,9 @@ impl DirPair<'_> {
         if engine.opts.count_deletions_only {
             return;
         }
+        if self.dst_loc.is_abandoned() {
+            return;
+        }
         if crate::commit::staged_entry_stuck() && self.dst_loc.staged_name().is_some() {
             // Left staged (see Publish): keep the staged mode, by which the next run knows
             // to resume it.
@@ -210,7 +213,17 @@ impl Drop for Publish<'_> {
             .publish(pdst, |temp, name| self.merge(pdst, temp, name));
         match published {
             Ok(()) => rep.verbose(|| format!("published directory {}", shown(self.loc.path()))),
-            Err(e) => rep.failed(&EntryError::new("rename", self.loc.path(), e)),
+            Err(e) => {
+                rep.failed(&EntryError::new("rename", self.loc.path(), e));
+                // Its mode is the source's by now, so no later run would take it for a staged
+                // directory of ours: remove it, and the next run copies it again.
+                if let Some(staged) = self.loc.staged_name() {
+                    self.loc.abandon();
+                    self.parent
+                        .engine
+                        .remove_staged(pdst, &staged, self.loc.path());
+                }
+            }
         }
     }
 }
@@ -1347,7 +1360,18 @@ impl Engine {
         if dir.remote_src {
             self.aside.close(src);
         }
-        let bytes = written?;
+        let bytes = match written {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                // The group's other names are the same inode: they changed too.
+                if let Some(first) = first
+                    && e.severity() != crate::error::Severity::Failed
+                {
+                    first.failed_softly();
+                }
+                return Err(e);
+            }
+        };
         if let Some(first) = first {
             first.committed(at.target());
         }
@@ -1540,10 +1564,14 @@ impl Engine {
                 }
                 Ok(LinkStep::Done)
             }
-            Claim::FirstFailed if crate::signal::received().is_some() => {
+            Claim::FirstFailed { .. } if crate::signal::received().is_some() => {
                 Err(EntryError::interrupted(&at.dst_path()))
             }
-            Claim::FirstFailed => Err(EntryError::new(
+            // The same inode: it changed (or went) under this name too.
+            Claim::FirstFailed { soft: true } => {
+                Err(EntryError::changed_while_copied(&at.src_path()))
+            }
+            Claim::FirstFailed { soft: false } => Err(EntryError::new(
                 "hard link",
                 &at.dst_path(),
                 io::Error::other("the first name of this hard-linked file was not copied"),

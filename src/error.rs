@@ -112,8 +112,7 @@ impl EntryError {
         }
         match self.source.raw_os_error() {
             Some(libc::ENOENT) => true,
-            Some(libc::ESTALE) => std::fs::symlink_metadata(&self.path)
-                .is_err_and(|e| e.raw_os_error() == Some(libc::ENOENT)),
+            Some(libc::ESTALE) => gone_by_fresh_lookup(&self.path),
             _ => false,
         }
     }
@@ -127,6 +126,28 @@ impl fmt::Display for EntryError {
         }
         write!(f, ": {}", self.source)
     }
+}
+
+/// Whether `path` no longer resolves, asked of the filesystem itself: AT_STATX_FORCE_SYNC makes
+/// a network client revalidate with the server rather than answer from its attribute cache,
+/// which still holds the deleted entry.
+fn gone_by_fresh_lookup(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: a NUL-terminated path and a buffer of the size the kernel writes.
+    let rc = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_FORCE_SYNC,
+            libc::STATX_TYPE | libc::STATX_INO,
+            stx.as_mut_ptr(),
+        )
+    };
+    rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT)
 }
 
 /// A path as a line of stderr shows it: control bytes, backslash and bytes that are not

@@ -14,12 +14,11 @@ enum State<T> {
     Copying,
     /// The first name is committed at `target` in the destination; `left` more names are
     /// expected.
-    Committed {
-        target: T,
-        left: u64,
-    },
+    Committed { target: T, left: u64 },
     Failed {
         left: u64,
+        /// The source changed or vanished during the copy: a warning, not a failure.
+        soft: bool,
     },
 }
 
@@ -29,8 +28,9 @@ pub enum Claim<'a, T> {
     First(First<'a, T>),
     /// Link it to this already committed destination entry.
     LinkTo(T),
-    /// The group's first name could not be copied.
-    FirstFailed,
+    /// The group's first name could not be copied; `soft`: because the source changed or
+    /// vanished meanwhile.
+    FirstFailed { soft: bool },
 }
 
 /// The groups of hard-linked source files reached so far. Only files with st_nlink > 1 enter,
@@ -78,12 +78,13 @@ impl<T: Clone> HardLinks<T> {
                     }
                     return claim;
                 }
-                Some(State::Failed { left }) => {
+                Some(State::Failed { left, soft }) => {
+                    let soft = *soft;
                     *left = left.saturating_sub(1);
                     if *left == 0 {
                         groups.remove(&key);
                     }
-                    return Claim::FirstFailed;
+                    return Claim::FirstFailed { soft };
                 }
             }
         }
@@ -100,10 +101,15 @@ pub struct First<'a, T> {
 
 impl<T> First<'_, T> {
     pub fn committed(mut self, target: T) {
-        self.settle(Some(target));
+        self.settle(Some(target), false);
     }
 
-    fn settle(&mut self, target: Option<T>) {
+    /// Not copied because the source changed or vanished meanwhile.
+    pub fn failed_softly(mut self) {
+        self.settle(None, true);
+    }
+
+    fn settle(&mut self, target: Option<T>, soft: bool) {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
@@ -111,7 +117,7 @@ impl<T> First<'_, T> {
         let mut groups = self.links.groups.lock().unwrap_or_else(|e| e.into_inner());
         let state = match target {
             Some(target) => State::Committed { target, left },
-            None => State::Failed { left },
+            None => State::Failed { left, soft },
         };
         groups.insert(self.key, state);
         self.links.settled.notify_all();
@@ -120,7 +126,7 @@ impl<T> First<'_, T> {
 
 impl<T> Drop for First<'_, T> {
     fn drop(&mut self) {
-        self.settle(None);
+        self.settle(None, false);
     }
 }
 
@@ -152,7 +158,7 @@ mod tests {
             Claim::First(first) => drop(first),
             _ => panic!("the first name must be copied"),
         }
-        assert!(matches!(links.claim((1, 8), 2), Claim::FirstFailed));
+        assert!(matches!(links.claim((1, 8), 2), Claim::FirstFailed { .. }));
         assert!(links.groups.lock().unwrap().is_empty());
     }
 

@@ -100,6 +100,12 @@ fn write_report(path: &Path, text: &[u8]) -> io::Result<()> {
         Err(e) => return Err(e),
     };
     let (mut file, temp) = create_temp_beside(&target)?;
+    // A report replacing an older one keeps its mode and owner: a private log stays private.
+    if let Ok(old) = fs::metadata(&target) {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let _ = std::os::unix::fs::fchown(&file, Some(old.uid()), Some(old.gid()));
+        let _ = file.set_permissions(fs::Permissions::from_mode(old.mode() & 0o7777));
+    }
     let written = file
         .write_all(text)
         .and_then(|()| file.sync_all())

@@ -500,3 +500,49 @@ fn a_file_written_to_while_it_is_copied_is_not_committed() {
         fs::read(src.join("growing.bin")).unwrap()
     );
 }
+
+/// A hard-linked file written to while its first name is copied: every name of it is a
+/// `changed` warning (they are one inode), not 'the first name was not copied' errors; exit 24.
+#[test]
+fn a_hard_linked_file_written_to_while_copied_is_changed_under_every_name() {
+    use std::io::Write;
+    use std::time::Duration;
+    require_root!();
+    if !crate::util::have("strace") {
+        eprintln!("SKIPPED: no strace to hold the run during the copy");
+        return;
+    }
+    let tmp = tempdir();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("a")).unwrap();
+    fs::create_dir_all(src.join("b")).unwrap();
+    write_random_file(&src.join("a/h1"), 1 << 20, 12);
+    fs::hard_link(src.join("a/h1"), src.join("b/h2")).unwrap();
+    fs::hard_link(src.join("a/h1"), src.join("h3")).unwrap();
+    let dst = tmp.path().join("dst");
+    let mut cmd = Command::new("strace");
+    cmd.args(["-o", "/dev/null", "-f", "-e"])
+        .arg("inject=copy_file_range,sendfile:delay_exit=2000000:when=1")
+        .args([bin(), "-j1"])
+        .arg(&src)
+        .arg(&dst);
+    let writer = {
+        let path = src.join("a/h1");
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1000));
+            let mut f = fs::OpenOptions::new().append(true).open(path).unwrap();
+            f.write_all(b"more").unwrap();
+        })
+    };
+    let run = run_cmd(cmd, RUN_TIMEOUT);
+    writer.join().unwrap();
+    run.assert_code(24);
+    assert!(run.error_lines().is_empty(), "{}", run.stderr);
+    let fields = crate::util::summary_fields(&run).expect("a summary line");
+    assert_eq!(fields["changed"], "3", "{}", run.stderr);
+    treecopy(args![&src, &dst]).assert_code(0);
+    assert_eq!(
+        fs::read(dst.join("h3")).unwrap(),
+        fs::read(src.join("h3")).unwrap()
+    );
+}

@@ -881,6 +881,9 @@ fn report_and_stdout_go_where_they_point_and_their_failures_count() {
     fs::create_dir(&logs).unwrap();
     let link = tmp.path().join("current.json");
     symlink("logs/real.json", &link).unwrap();
+    // An older, private report: the new one keeps its mode.
+    fs::write(logs.join("real.json"), b"{}").unwrap();
+    set_mode(&logs.join("real.json"), 0o640);
     treecopy(args!["--report", &link, &src, tmp.path().join("d1")]).assert_code(0);
     assert!(
         fs::symlink_metadata(&link)
@@ -889,6 +892,8 @@ fn report_and_stdout_go_where_they_point_and_their_failures_count() {
             .is_symlink()
     );
     let real = fs::read_to_string(logs.join("real.json")).unwrap();
+    let mode = fs::metadata(logs.join("real.json")).unwrap().mode() & 0o7777;
+    assert_eq!(mode, 0o640, "the report kept its mode");
     assert!(real.contains("\"outcome\": \"ok\""), "{real}");
     let names: Vec<_> = fs::read_dir(&logs)
         .unwrap()

@@ -779,3 +779,44 @@ fn directories_made_by_another_process_during_the_copy_are_merged() {
     let fields = summary_fields(&again).expect("a summary line");
     assert_eq!(fields["copied"], "0", "{}", again.stderr);
 }
+
+/// A new directory whose publishing rename the server fails (EIO): one error naming it, and
+/// its staged copy removed (its mode was the source's by then, so no later run would have
+/// taken it for a leftover of ours); the next run copies it.
+#[test]
+fn a_directory_whose_publishing_fails_leaves_no_staged_copy() {
+    let tmp = tempdir();
+    let tree = tmp.path().join("tree");
+    fs::create_dir_all(tree.join("d1")).unwrap();
+    fs::create_dir_all(tree.join("d4")).unwrap();
+    fs::write(tree.join("d1/f"), b"a").unwrap();
+    fs::write(tree.join("d4/f"), b"b").unwrap();
+    let flags = [
+        "--latency-us",
+        "50",
+        "--fail-path",
+        "/x/d4",
+        "--fail-ops",
+        "rename",
+    ];
+    let dst_m = skip_unless!(LatencyMount::start(tmp.path(), "dst", &flags));
+    let run = treecopy(args!["-q", &tree, &dst_m.mnt.join("x")]);
+    run.assert_code(1);
+    let errors = run.error_lines();
+    assert!(
+        errors.len() == 1 && errors[0].contains("rename") && errors[0].contains("/x/d4"),
+        "{}",
+        run.stderr
+    );
+    let x = dst_m.back.join("x");
+    assert_no_temp_files(&x);
+    assert!(!x.join("d4").exists());
+    drop(dst_m);
+    let again = skip_unless!(LatencyMount::start(
+        tmp.path(),
+        "dst",
+        &["--latency-us", "50"]
+    ));
+    treecopy(args!["-q", &tree, &again.mnt.join("x")]).assert_code(0);
+    assert_eq!(fs::read(x.join("d4/f")).unwrap(), b"b");
+}
