@@ -247,7 +247,7 @@ impl Publish<'_> {
                     ),
                     _ => e,
                 })?;
-                pull_entries(theirs.as_fd(), ours.as_fd(), path)?;
+                pull_entries(engine, theirs.as_fd(), ours.as_fd(), path)?;
                 // Plain rename: over an empty directory it is atomic. More entries may have
                 // appeared meanwhile (ENOTEMPTY): pull again.
                 match sys::rename_across_to(pdst, staged, pdst, name) {
@@ -260,6 +260,9 @@ impl Publish<'_> {
         if let Err(e) = merged {
             engine.rep.failed(&EntryError::new("rename", path, e));
             // Never published, so nothing of it is counted as deleted; no temp entry stays.
+            // Abandoned first: should tasks still filling it keep the removal from finishing,
+            // it keeps the staged mode, by which the next run removes it.
+            self.loc.abandon();
             engine.remove_staged(pdst, staged, path);
         }
     }
@@ -270,8 +273,14 @@ const MERGE_ROUNDS: usize = 4;
 
 /// Moves every entry of `theirs` into `ours`. Where `ours` has the name too: two directories
 /// are merged in turn, and theirs removed once empty; a non-directory of theirs is removed
-/// (ours is the source's version); a directory against a non-directory is an error.
-fn pull_entries(theirs: BorrowedFd<'_>, ours: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+/// (ours is the source's version); a directory against a non-directory fails that name
+/// alone: theirs is kept, as a copy onto an existing tree keeps what it cannot replace.
+fn pull_entries(
+    engine: &Engine,
+    theirs: BorrowedFd<'_>,
+    ours: BorrowedFd<'_>,
+    path: &Path,
+) -> io::Result<()> {
     for (entry, _) in sys::list_dir(theirs)? {
         let taken = match sys::rename_noreplace(theirs, &entry, ours, &entry) {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => true,
@@ -289,15 +298,23 @@ fn pull_entries(theirs: BorrowedFd<'_>, ours: BorrowedFd<'_>, path: &Path) -> io
             (Kind::Dir, Kind::Dir) => {
                 let from = sys::open_dir(theirs, entry.as_c_str())?;
                 let into = sys::open_dir(ours, entry.as_c_str())?;
-                pull_entries(from.as_fd(), into.as_fd(), &entry_path)?;
+                pull_entries(engine, from.as_fd(), into.as_fd(), &entry_path)?;
                 sys::rmdir_at(theirs, &entry)?;
             }
             (a, b) if a != Kind::Dir && b != Kind::Dir => sys::unlink_at(theirs, &entry)?,
-            _ => {
-                return Err(io::Error::other(format!(
-                    "{}: a directory and a non-directory of this name; not replaced",
-                    shown(&entry_path)
-                )));
+            (_, ours_kind) => {
+                let why = io::Error::other(
+                    "a directory and a non-directory of this name; the one made meanwhile is kept",
+                );
+                engine
+                    .rep
+                    .failed(&EntryError::new("rename", &entry_path, why));
+                if ours_kind == Kind::Dir {
+                    engine.remove_staged(ours, &entry, &entry_path);
+                } else {
+                    sys::unlink_at(ours, &entry)?;
+                }
+                sys::rename_noreplace(theirs, &entry, ours, &entry)?;
             }
         }
     }
