@@ -48,6 +48,9 @@ impl LatencyMount {
         let exe = latencyfs_bin()?;
         let (back, mnt) = (base.join(format!("{name}-back")), base.join(name));
         let stats = base.join(format!("{name}.stats"));
+        // A remount of the same name must not find its predecessor's counters (the guard waits
+        // for this daemon's).
+        let _ = fs::remove_file(&stats);
         fs::create_dir_all(&back).map_err(|e| e.to_string())?;
         fs::create_dir_all(&mnt).map_err(|e| e.to_string())?;
         // Without --foreground latencyfs returns once the mount is usable.
