@@ -38,7 +38,7 @@ fn pid() -> u32 {
     *PID.get_or_init(std::process::id)
 }
 
-fn next_temp_name() -> CString {
+pub fn next_temp_name() -> CString {
     let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed);
     CString::new(format!("{TEMP_PREFIX}{}.{seq}", pid())).expect("temp names hold no NUL")
 }

@@ -19,6 +19,8 @@ pub struct EntryError {
     pub on_source: bool,
     /// The source file was written to while it was copied (see `changed_while_copied`).
     pub changed: bool,
+    /// `severity`, once worked out: for ESTALE that asks the server.
+    severity: std::sync::OnceLock<Severity>,
 }
 
 /// How a failed entry counts: an error (exit 1), or a source entry that vanished or changed
@@ -43,6 +45,7 @@ impl EntryError {
             source: source.into(),
             on_source: false,
             changed: false,
+            severity: std::sync::OnceLock::new(),
         }
     }
 
@@ -61,13 +64,15 @@ impl EntryError {
     }
 
     pub fn severity(&self) -> Severity {
-        if self.changed {
-            Severity::Changed
-        } else if self.vanished() {
-            Severity::Vanished
-        } else {
-            Severity::Failed
-        }
+        *self.severity.get_or_init(|| {
+            if self.changed {
+                Severity::Changed
+            } else if self.vanished() {
+                Severity::Vanished
+            } else {
+                Severity::Failed
+            }
+        })
     }
 
     /// An error of an operation on the source tree.
@@ -106,13 +111,13 @@ impl EntryError {
     /// server fault or an unexported share looks like; so the path is looked up afresh (the
     /// kernel retries a stale lookup with revalidation), and only a path that no longer
     /// resolves counts as vanished.
-    pub fn vanished(&self) -> bool {
+    fn vanished(&self) -> bool {
         if !self.on_source {
             return false;
         }
         match self.source.raw_os_error() {
             Some(libc::ENOENT) => true,
-            Some(libc::ESTALE) => gone_by_fresh_lookup(&self.path),
+            Some(libc::ESTALE) => crate::sys::gone_by_fresh_lookup(&self.path),
             _ => false,
         }
     }
@@ -128,45 +133,18 @@ impl fmt::Display for EntryError {
     }
 }
 
-/// Whether `path` no longer resolves, asked of the filesystem itself: AT_STATX_FORCE_SYNC makes
-/// a network client revalidate with the server rather than answer from its attribute cache,
-/// which still holds the deleted entry.
-fn gone_by_fresh_lookup(path: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
-    // SAFETY: a NUL-terminated path and a buffer of the size the kernel writes.
-    let rc = unsafe {
-        libc::statx(
-            libc::AT_FDCWD,
-            c_path.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_FORCE_SYNC,
-            libc::STATX_TYPE | libc::STATX_INO,
-            stx.as_mut_ptr(),
-        )
-    };
-    rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT)
-}
-
 /// A path as a line of stderr shows it: control bytes, backslash and bytes that are not
 /// UTF-8 become `\#ooo` (octal, as rsync and --itemize write them), so a name holding a
 /// newline cannot split an error line or forge another, and the exact bytes can be recovered.
 pub fn shown(path: &Path) -> String {
     use std::os::unix::ffi::OsStrExt;
-    let mut out = String::with_capacity(path.as_os_str().len());
-    let octal = |out: &mut String, b: u8| out.push_str(&format!("\\#{b:03o}"));
-    for chunk in path.as_os_str().as_bytes().utf8_chunks() {
-        for c in chunk.valid().chars() {
-            if c.is_ascii_control() || c == '\\' {
-                octal(&mut out, c as u8);
-            } else {
-                out.push(c);
-            }
-        }
+    // --itemize's escaping, then the bytes stdout may carry raw but a String cannot.
+    let escaped = crate::delta::escape_path(path.as_os_str().as_bytes());
+    let mut out = String::with_capacity(escaped.len());
+    for chunk in escaped.utf8_chunks() {
+        out.push_str(chunk.valid());
         for &b in chunk.invalid() {
-            octal(&mut out, b);
+            out.push_str(&format!("\\#{b:03o}"));
         }
     }
     out

@@ -83,7 +83,7 @@ fn emit_report(cfg: &Config, ending: &Ending<'_>, started: f64) -> bool {
 /// followed, so the link stays and its target is replaced. Anything else (a FIFO, /dev/stdout,
 /// a device) is written into as it is: replacing it would break the reader or the system.
 fn write_report(path: &Path, text: &[u8]) -> io::Result<()> {
-    let target = match fs::metadata(path) {
+    let (target, old) = match fs::metadata(path) {
         // A directory or a socket refuses the open with the OS's own error.
         Ok(meta) if !meta.file_type().is_file() => {
             return fs::OpenOptions::new()
@@ -91,17 +91,17 @@ fn write_report(path: &Path, text: &[u8]) -> io::Result<()> {
                 .open(path)?
                 .write_all(text);
         }
-        Ok(_) => fs::canonicalize(path)?,
+        Ok(meta) => (fs::canonicalize(path)?, Some(meta)),
         // A dangling symlink: written through, as a shell redirection would.
         Err(e) if e.kind() == io::ErrorKind::NotFound && path.is_symlink() => {
             return fs::write(path, text);
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => path.to_path_buf(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => (path.to_path_buf(), None),
         Err(e) => return Err(e),
     };
     let (mut file, temp) = create_temp_beside(&target)?;
     // A report replacing an older one keeps its mode and owner: a private log stays private.
-    if let Ok(old) = fs::metadata(&target) {
+    if let Some(old) = old {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let _ = std::os::unix::fs::fchown(&file, Some(old.uid()), Some(old.gid()));
         let _ = file.set_permissions(fs::Permissions::from_mode(old.mode() & 0o7777));
@@ -118,30 +118,22 @@ fn write_report(path: &Path, text: &[u8]) -> io::Result<()> {
 
 /// A new file beside `target` under a name nobody else holds (O_EXCL; never a link).
 fn create_temp_beside(target: &Path) -> io::Result<(fs::File, PathBuf)> {
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    let mut last = None;
-    for attempt in 0..16u32 {
-        let temp = target.with_file_name(format!(
-            ".{name}.tmp{}.{:x}",
-            std::process::id(),
-            nanos.wrapping_add(attempt.wrapping_mul(0x9e37_79b9))
-        ));
+    use std::os::unix::ffi::OsStrExt;
+    // The copy's own temp names: unique in this run, and a leftover of a dead run (the only
+    // possible clash) just means the next name.
+    let mut last = io::Error::from(io::ErrorKind::AlreadyExists);
+    for _ in 0..16 {
+        let name = treecopy::commit::next_temp_name();
+        let temp = target.with_file_name(std::ffi::OsStr::from_bytes(name.to_bytes()));
         match fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&temp)
         {
             Ok(file) => return Ok((file, temp)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = e,
             Err(e) => return Err(e),
         }
     }
-    Err(last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AlreadyExists)))
+    Err(last)
 }

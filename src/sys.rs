@@ -210,21 +210,41 @@ pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<Stat> {
 /// only this tells it apart. AT_STATX_DONT_SYNC: the id is the client's own knowledge, so a
 /// network filesystem need not be asked for fresh attributes.
 pub fn mount_id(fd: BorrowedFd<'_>) -> Option<u64> {
+    let flags = libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC;
+    let stx = statx(fd, c"", flags, libc::STATX_MNT_ID).ok()?;
+    (stx.stx_mask & libc::STATX_MNT_ID != 0).then_some(stx.stx_mnt_id)
+}
+
+/// Whether `path` (absolute, or relative to the working directory) no longer resolves, asked
+/// of the filesystem itself: AT_STATX_FORCE_SYNC makes a network client revalidate with the
+/// server rather than answer from its attribute cache, which may still hold a deleted entry.
+pub fn gone_by_fresh_lookup(path: &Path) -> bool {
+    let Ok(path) = cstring(path.as_os_str()) else {
+        return false;
+    };
+    let flags = libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_FORCE_SYNC;
+    statx(at_cwd(), &path, flags, libc::STATX_TYPE)
+        .is_err_and(|e| e.raw_os_error() == Some(libc::ENOENT))
+}
+
+/// statx(2) of `path` in `dir` (with AT_EMPTY_PATH and "", of `dir` itself).
+fn statx(dir: BorrowedFd<'_>, path: &CStr, flags: i32, mask: u32) -> io::Result<libc::statx> {
     let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
-    // SAFETY: a valid fd, an empty NUL-terminated path with AT_EMPTY_PATH, and a buffer of
-    // the size the kernel writes.
+    // SAFETY: a valid fd, a NUL-terminated path, and a buffer of the size the kernel writes.
     let rc = unsafe {
         libc::statx(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC,
-            libc::STATX_MNT_ID,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            flags,
+            mask,
             stx.as_mut_ptr(),
         )
     };
-    // SAFETY: the kernel filled the buffer when it returned 0; it was zeroed before.
-    let stx = unsafe { stx.assume_init() };
-    (rc == 0 && stx.stx_mask & libc::STATX_MNT_ID != 0).then_some(stx.stx_mnt_id)
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel filled the buffer (it returned 0).
+    Ok(unsafe { stx.assume_init() })
 }
 
 /// lstat relative to a directory handle.

@@ -7,11 +7,12 @@ use std::fs;
 use std::os::unix::fs::{PermissionsExt, chown, symlink};
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use crate::util::{
-    Mount, NOBODY, RUN_TIMEOUT, Run, as_nobody, assert_no_temp_files,
-    assert_present_files_complete, bin, nobody_can_run, run_cmd, summary_fields, tempdir, treecopy,
-    write_random_file,
+    Mount, NOBODY, RUN_TIMEOUT, RotatingTree, Run, as_nobody, assert_no_temp_files,
+    assert_present_files_complete, bin, have, nobody_can_run, run_cmd, summary_fields, tempdir,
+    treecopy, write_random_file,
 };
 use crate::{args, require_root, skip_unless};
 
@@ -298,61 +299,59 @@ fn file_onto_nonempty_directory_in_destination_fails_and_keeps_it() {
 fn directories_deleted_during_the_copy_are_vanished_not_failed() {
     let tmp = tempdir();
     let src = tmp.path().join("src");
-    let (dirs, per_dir) = (20, 300);
-    for d in 0..dirs {
-        let dir = src.join(format!("d{d:02}"));
-        fs::create_dir_all(&dir).unwrap();
-        for f in 0..per_dir {
-            fs::write(dir.join(format!("f{f:03}")), format!("d{d:02}/f{f:03}")).unwrap();
-        }
-    }
-    let dst = tmp.path().join("dst");
-    let deleter = {
-        let src = src.clone();
-        std::thread::spawn(move || {
-            // The upper half goes, one directory at a time, while the copy runs.
-            for d in (dirs / 2..dirs).rev() {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-                fs::remove_dir_all(src.join(format!("d{d:02}"))).unwrap();
-            }
-        })
+    let tree = RotatingTree {
+        dirs: 20,
+        per_dir: 300,
     };
+    tree.create(&src);
+    let dst = tmp.path().join("dst");
+    let deleter = tree.rotate(&src, Duration::ZERO, Duration::from_millis(5));
     let run = treecopy(args!["-j2", &src, &dst]);
     deleter.join().unwrap();
-    assert!(
-        matches!(run.code(), Some(0 | 24)),
-        "exit {:?}: {}",
-        run.code(),
-        run.stderr
-    );
-    assert!(run.error_lines().is_empty(), "{}", run.stderr);
-    let warnings = run
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("treecopy: warning: vanished: "))
-        .count();
-    let fields = summary_fields(&run).expect("a summary line");
-    assert_eq!(fields["vanished"], warnings.to_string(), "{}", run.stderr);
-    assert_eq!(fields["failed"], "0");
-    assert_eq!(run.code() == Some(24), warnings > 0, "{}", run.stderr);
-    for d in 0..dirs {
-        let dir = dst.join(format!("d{d:02}"));
-        let Ok(names) = fs::read_dir(&dir) else {
-            assert!(d >= dirs / 2, "{} was not copied", dir.display());
-            continue;
-        };
-        let mut count = 0;
-        for name in names {
-            let path = name.unwrap().path();
-            let rel = format!("d{d:02}/{}", path.file_name().unwrap().to_string_lossy());
-            assert_eq!(fs::read_to_string(&path).unwrap(), rel);
-            count += 1;
-        }
-        if d < dirs / 2 {
-            assert_eq!(count, per_dir, "{}", dir.display());
-        }
+    tree.check_copy(&run, &dst);
+}
+
+/// Runs `treecopy -j1 SRC DST` under strace, which holds it for `hold` after its first call
+/// of one of `syscalls` returns, while `meanwhile` runs `after` into that pause. None (the
+/// test skips) without strace.
+fn run_held(
+    syscalls: &str,
+    hold: Duration,
+    src: &Path,
+    dst: &Path,
+    after: Duration,
+    meanwhile: impl FnOnce() + Send + 'static,
+) -> Option<Run> {
+    if !have("strace") {
+        eprintln!("SKIPPED: no strace to hold the run");
+        return None;
     }
-    assert_no_temp_files(&dst);
+    let mut cmd = Command::new("strace");
+    cmd.args(["-o", "/dev/null", "-f", "-e"])
+        .arg(format!(
+            "inject={syscalls}:delay_exit={}:when=1",
+            hold.as_micros()
+        ))
+        .args([bin(), "-j1"])
+        .arg(src)
+        .arg(dst);
+    let other = std::thread::spawn(move || {
+        std::thread::sleep(after);
+        meanwhile();
+    });
+    let run = run_cmd(cmd, RUN_TIMEOUT);
+    other.join().unwrap();
+    Some(run)
+}
+
+/// Appends `tail` to the file at `path`, as a producer still writing it.
+fn append(path: &Path, tail: &'static [u8]) -> impl FnOnce() + Send + 'static {
+    let path = path.to_path_buf();
+    move || {
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new().append(true).open(path).unwrap();
+        f.write_all(tail).unwrap();
+    }
 }
 
 /// A FIFO replaced by a hard link to a regular file between the listing and its copy (strace
@@ -362,12 +361,7 @@ fn directories_deleted_during_the_copy_are_vanished_not_failed() {
 #[test]
 fn a_special_file_replaced_after_the_listing_fails_and_empties_nothing() {
     use std::os::unix::fs::MetadataExt;
-    use std::time::Duration;
     require_root!();
-    if !crate::util::have("strace") {
-        eprintln!("SKIPPED: no strace to hold the run between listing and copy");
-        return;
-    }
     let tmp = tempdir();
     let src = tmp.path().join("src");
     fs::create_dir(&src).unwrap();
@@ -377,22 +371,23 @@ fn a_special_file_replaced_after_the_listing_fails_and_empties_nothing() {
     fs::write(src.join("anchor"), content).unwrap();
     fs::hard_link(src.join("anchor"), src.join("zz_other")).unwrap();
     let dst = tmp.path().join("dst");
-    let mut cmd = Command::new("strace");
-    cmd.args(["-o", "/dev/null", "-f", "-e"])
-        .arg("inject=getdents64:delay_exit=3000000:when=1")
-        .args([bin(), "-j1"])
-        .arg(&src)
-        .arg(&dst);
     let swap = {
         let src = src.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(1500));
+        move || {
             fs::remove_file(src.join("p1")).unwrap();
             fs::hard_link(src.join("anchor"), src.join("p1")).unwrap();
-        })
+        }
     };
-    let run = run_cmd(cmd, RUN_TIMEOUT);
-    swap.join().unwrap();
+    let Some(run) = run_held(
+        "getdents64",
+        Duration::from_secs(3),
+        &src,
+        &dst,
+        Duration::from_millis(1500),
+        swap,
+    ) else {
+        return;
+    };
     run.assert_code(1);
     let errors = run.error_lines();
     let want = format!(
@@ -453,41 +448,25 @@ fn an_error_about_a_hostile_name_is_one_escaped_line() {
 /// next run copies the file whole.
 #[test]
 fn a_file_written_to_while_it_is_copied_is_not_committed() {
-    use std::io::Write;
-    use std::time::Duration;
     require_root!();
-    if !crate::util::have("strace") {
-        eprintln!("SKIPPED: no strace to hold the run during the copy");
-        return;
-    }
     let tmp = tempdir();
     let src = tmp.path().join("src");
     fs::create_dir(&src).unwrap();
     write_random_file(&src.join("growing.bin"), 1 << 20, 11);
     let dst = tmp.path().join("dst");
-    let mut cmd = Command::new("strace");
-    cmd.args(["-o", "/dev/null", "-f", "-e"])
-        .arg("inject=copy_file_range,sendfile:delay_exit=2000000:when=1")
-        .args([bin(), "-j1"])
-        .arg(&src)
-        .arg(&dst);
-    let writer = {
-        let path = src.join("growing.bin");
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(1000));
-            let mut f = fs::OpenOptions::new().append(true).open(path).unwrap();
-            f.write_all(b"the producer's last words").unwrap();
-        })
+    let writer = append(&src.join("growing.bin"), b"the producer's last words");
+    let hold = Duration::from_secs(2);
+    let after = Duration::from_secs(1);
+    let Some(run) = run_held("copy_file_range,sendfile", hold, &src, &dst, after, writer) else {
+        return;
     };
-    let run = run_cmd(cmd, RUN_TIMEOUT);
-    writer.join().unwrap();
     run.assert_code(24);
     let want = format!(
         "warning: changed: copy {}: the file changed while it was copied; not committed",
         src.join("growing.bin").display()
     );
     assert!(run.stderr.contains(&want), "want {want:?}: {}", run.stderr);
-    let fields = crate::util::summary_fields(&run).expect("a summary line");
+    let fields = summary_fields(&run).expect("a summary line");
     assert_eq!(
         (fields["changed"].as_str(), fields["failed"].as_str()),
         ("1", "0")
@@ -505,13 +484,7 @@ fn a_file_written_to_while_it_is_copied_is_not_committed() {
 /// `changed` warning (they are one inode), not 'the first name was not copied' errors; exit 24.
 #[test]
 fn a_hard_linked_file_written_to_while_copied_is_changed_under_every_name() {
-    use std::io::Write;
-    use std::time::Duration;
     require_root!();
-    if !crate::util::have("strace") {
-        eprintln!("SKIPPED: no strace to hold the run during the copy");
-        return;
-    }
     let tmp = tempdir();
     let src = tmp.path().join("src");
     fs::create_dir_all(src.join("a")).unwrap();
@@ -520,25 +493,15 @@ fn a_hard_linked_file_written_to_while_copied_is_changed_under_every_name() {
     fs::hard_link(src.join("a/h1"), src.join("b/h2")).unwrap();
     fs::hard_link(src.join("a/h1"), src.join("h3")).unwrap();
     let dst = tmp.path().join("dst");
-    let mut cmd = Command::new("strace");
-    cmd.args(["-o", "/dev/null", "-f", "-e"])
-        .arg("inject=copy_file_range,sendfile:delay_exit=2000000:when=1")
-        .args([bin(), "-j1"])
-        .arg(&src)
-        .arg(&dst);
-    let writer = {
-        let path = src.join("a/h1");
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(1000));
-            let mut f = fs::OpenOptions::new().append(true).open(path).unwrap();
-            f.write_all(b"more").unwrap();
-        })
+    let writer = append(&src.join("a/h1"), b"more");
+    let hold = Duration::from_secs(2);
+    let after = Duration::from_secs(1);
+    let Some(run) = run_held("copy_file_range,sendfile", hold, &src, &dst, after, writer) else {
+        return;
     };
-    let run = run_cmd(cmd, RUN_TIMEOUT);
-    writer.join().unwrap();
     run.assert_code(24);
     assert!(run.error_lines().is_empty(), "{}", run.stderr);
-    let fields = crate::util::summary_fields(&run).expect("a summary line");
+    let fields = summary_fields(&run).expect("a summary line");
     assert_eq!(fields["changed"], "3", "{}", run.stderr);
     treecopy(args![&src, &dst]).assert_code(0);
     assert_eq!(

@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::util::{
-    assert_no_temp_files, bin, compare_trees, first_difference, gen_tree, is_root, set_xattr,
-    summary_fields, tempdir, treecopy, write_random_file, xattrs,
+    RotatingTree, assert_no_temp_files, bin, compare_trees, first_difference, gen_tree, is_root,
+    set_xattr, summary_fields, tempdir, treecopy, write_random_file, xattrs,
 };
 use crate::{args, skip_unless};
 
@@ -637,61 +637,17 @@ fn directories_deleted_on_the_server_during_the_copy_are_vanished() {
     let tmp = tempdir();
     let flags = ["--latency-us", "500", "--stale-handles"];
     let src_m = skip_unless!(LatencyMount::start(tmp.path(), "src", &flags));
-    let (dirs, per_dir) = (30, 100);
-    let back = src_m.back.join("src");
-    for d in 0..dirs {
-        let dir = back.join(format!("d{d:02}"));
-        fs::create_dir_all(&dir).unwrap();
-        for f in 0..per_dir {
-            fs::write(dir.join(format!("f{f:03}")), format!("d{d:02}/f{f:03}")).unwrap();
-        }
-    }
-    let dst = tmp.path().join("copy");
-    let deleter = {
-        let back = back.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(100));
-            for d in (dirs / 2..dirs).rev() {
-                std::thread::sleep(Duration::from_millis(15));
-                fs::remove_dir_all(back.join(format!("d{d:02}"))).unwrap();
-            }
-        })
+    let tree = RotatingTree {
+        dirs: 30,
+        per_dir: 100,
     };
+    let back = src_m.back.join("src");
+    tree.create(&back);
+    let dst = tmp.path().join("copy");
+    let deleter = tree.rotate(&back, Duration::from_millis(100), Duration::from_millis(15));
     let run = treecopy(args![&src_m.mnt.join("src"), &dst]);
     deleter.join().unwrap();
-    assert!(
-        matches!(run.code(), Some(0 | 24)),
-        "exit {:?}: {}",
-        run.code(),
-        run.stderr
-    );
-    assert!(run.error_lines().is_empty(), "{}", run.stderr);
-    let warnings = run
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("treecopy: warning: vanished: "))
-        .count();
-    let fields = summary_fields(&run).expect("a summary line");
-    assert_eq!(fields["vanished"], warnings.to_string(), "{}", run.stderr);
-    assert_eq!(run.code() == Some(24), warnings > 0, "{}", run.stderr);
-    for d in 0..dirs {
-        let dir = dst.join(format!("d{d:02}"));
-        let Ok(names) = fs::read_dir(&dir) else {
-            assert!(d >= dirs / 2, "{} was not copied", dir.display());
-            continue;
-        };
-        let mut count = 0;
-        for name in names {
-            let path = name.unwrap().path();
-            let rel = format!("d{d:02}/{}", path.file_name().unwrap().to_string_lossy());
-            assert_eq!(fs::read_to_string(&path).unwrap(), rel);
-            count += 1;
-        }
-        if d < dirs / 2 {
-            assert_eq!(count, per_dir, "{}", dir.display());
-        }
-    }
-    assert_no_temp_files(&dst);
+    tree.check_copy(&run, &dst);
 }
 
 /// A destination server that fails a file's writes and then its removal (EIO): inside a new

@@ -1421,3 +1421,74 @@ pub fn summary_fields(run: &Run) -> Option<std::collections::BTreeMap<String, St
             .collect(),
     )
 }
+
+/// A tree of `dirs` directories `dNN` of `per_dir` files `fNNN`, each holding its own relative
+/// path, whose upper half a producer deletes during a copy: the rotating tree of a nightly job.
+pub struct RotatingTree {
+    pub dirs: usize,
+    pub per_dir: usize,
+}
+
+impl RotatingTree {
+    pub fn create(&self, root: &Path) {
+        for d in 0..self.dirs {
+            let dir = root.join(format!("d{d:02}"));
+            fs::create_dir_all(&dir).unwrap();
+            for f in 0..self.per_dir {
+                fs::write(dir.join(format!("f{f:03}")), format!("d{d:02}/f{f:03}")).unwrap();
+            }
+        }
+    }
+
+    /// Deletes the upper half from `root`, one directory every `step` after `start`.
+    pub fn rotate(&self, root: &Path, start: Duration, step: Duration) -> thread::JoinHandle<()> {
+        let (root, dirs) = (root.to_path_buf(), self.dirs);
+        thread::spawn(move || {
+            thread::sleep(start);
+            for d in (dirs / 2..dirs).rev() {
+                thread::sleep(step);
+                fs::remove_dir_all(root.join(format!("d{d:02}"))).unwrap();
+            }
+        })
+    }
+
+    /// Whatever the timing: no error, exit 0 or 24 (24 exactly when something vanished), every
+    /// warning a counted vanished entry, every copied file its own content, the untouched
+    /// directories whole, no temp entry.
+    pub fn check_copy(&self, run: &Run, dst: &Path) {
+        assert!(
+            matches!(run.code(), Some(0 | 24)),
+            "exit {:?}: {}",
+            run.code(),
+            run.stderr
+        );
+        assert!(run.error_lines().is_empty(), "{}", run.stderr);
+        let warnings = run
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("treecopy: warning: vanished: "))
+            .count();
+        let fields = summary_fields(run).expect("a summary line");
+        assert_eq!(fields["vanished"], warnings.to_string(), "{}", run.stderr);
+        assert_eq!(fields["failed"], "0");
+        assert_eq!(run.code() == Some(24), warnings > 0, "{}", run.stderr);
+        for d in 0..self.dirs {
+            let dir = dst.join(format!("d{d:02}"));
+            let Ok(names) = fs::read_dir(&dir) else {
+                assert!(d >= self.dirs / 2, "{} was not copied", dir.display());
+                continue;
+            };
+            let mut count = 0;
+            for name in names {
+                let path = name.unwrap().path();
+                let rel = format!("d{d:02}/{}", path.file_name().unwrap().to_string_lossy());
+                assert_eq!(fs::read_to_string(&path).unwrap(), rel);
+                count += 1;
+            }
+            if d < self.dirs / 2 {
+                assert_eq!(count, self.per_dir, "{}", dir.display());
+            }
+        }
+        assert_no_temp_files(dst);
+    }
+}
