@@ -15,6 +15,11 @@ use crate::delta::{self, Change, MetaDiff, Policy, Verdict};
 use crate::error::{Context, EntryError, EntryResult, shown};
 use crate::filter::Filter;
 use crate::links::{Claim, First, HardLinks};
+
+/// The hard-link groups of one run.
+type Links<'e> = HardLinks<LinkTarget, PutOff<'e>>;
+/// The duty of copying a hard-link group's first name.
+type Group<'a, 'e> = First<'a, LinkTarget, PutOff<'e>>;
 use crate::lock::LOCK_NAME;
 use crate::meta::{Applied, Created, MetaError, Node, Preserver};
 use crate::report::Reporter;
@@ -76,7 +81,24 @@ struct DirPair<'e> {
     /// Keeps the parent open, and its metadata pending, until this subtree is done.
     parent: Option<Arc<DirPair<'e>>>,
     engine: &'e Engine,
+    /// The run's hard-link groups. They hold put-off names, and so their directories, until
+    /// the run takes those back at the end of the walk.
+    links: Arc<Links<'e>>,
     finished: bool,
+}
+
+/// A name new to the destination whose hard-link group may already be there under another
+/// name (src/links.rs): its directory stays open, and unpublished, until the group decides.
+struct PutOff<'e> {
+    dir: Arc<DirPair<'e>>,
+    _publish: Option<Arc<Publish<'e>>>,
+    name: CString,
+}
+
+impl Drop for PutOff<'_> {
+    fn drop(&mut self) {
+        self.dir.engine.put_off_room.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl DirPair<'_> {
@@ -359,7 +381,8 @@ pub struct Engine {
     /// Requests of network sources made on helper threads (src/aside.rs).
     aside: crate::aside::Aside,
     meta: Preserver,
-    links: HardLinks<LinkTarget>,
+    /// How many more names may be put off (each holds its directory's two handles open).
+    put_off_room: AtomicU64,
     opts: Options,
     filter: Filter,
     /// Serialises file creation on local destinations. There, creating is CPU work in the
@@ -450,7 +473,7 @@ impl Engine {
             write_behind: WriteBehind::default(),
             aside: crate::aside::Aside::default(),
             meta: Preserver::new(opts.xattrs),
-            links: HardLinks::default(),
+            put_off_room: AtomicU64::new(0),
             opts,
             filter,
             create_lock: Mutex::new(()),
@@ -533,6 +556,13 @@ impl Engine {
             self.created_dir(&src_stat, Path::new(""));
         }
         let remote_src = sys::is_remote_fs(src_fd.as_fd());
+        // Where DST was there before, a new name of a hard-linked file may have its group's
+        // copy there already, under a name the walk has not reached yet.
+        if dst_exists && self.opts.hard_links && !self.opts.count_deletions_only {
+            let room = sys::fd_limit() / 8;
+            self.put_off_room.store(room, Ordering::Relaxed);
+        }
+        let links = Arc::new(Links::default());
         let root = Arc::new(DirPair {
             src: src_fd,
             src_path: src.to_path_buf(),
@@ -553,10 +583,50 @@ impl Engine {
             boundary: false,
             parent: None,
             engine: self,
+            links: Arc::clone(&links),
             finished: false,
         });
-        pool.scope(|scope| self.copy_dir(scope, root, dst_exists, None));
+        pool.scope(|scope| self.copy_dir(scope, Arc::clone(&root), dst_exists, None));
+        // The groups whose names were all put off and not all reached (the others are outside
+        // SRC, or excluded): each is copied under one name and linked under the others.
+        loop {
+            let groups = links.take_put_off();
+            if groups.is_empty() || crate::signal::received().is_some() {
+                break;
+            }
+            pool.scope(|scope| {
+                for names in groups {
+                    scope.spawn(move |_| self.claim_in_order(names));
+                }
+            });
+        }
+        drop(root);
         Ok(())
+    }
+
+    /// A group's put-off names that are all new, claimed again in path order: the first is
+    /// copied and the others linked to it, whatever order the walk reached them in, so that a
+    /// dry run and the run agree.
+    fn claim_in_order(&self, mut names: Vec<PutOff<'_>>) {
+        names.sort_by_cached_key(|n| n.dir.rel(&n.name));
+        self.claim_again(names);
+    }
+
+    /// Put-off names, claimed again now that their group has decided (or the walk is over).
+    fn claim_again(&self, names: Vec<PutOff<'_>>) {
+        for name in names {
+            if crate::signal::received().is_some() {
+                return;
+            }
+            let at = At {
+                dir: &name.dir,
+                src_name: &name.name,
+                dst_name: &name.name,
+                owner: None,
+            };
+            let result = self.copy_file(&at, Hint::Look);
+            self.report(result);
+        }
     }
 
     fn run_file(
@@ -581,6 +651,7 @@ impl Engine {
         let passes_acls = self.meta.passes_acls_on(dst_fd.as_fd());
         let local_dst = !sys::is_remote_fs(dst_fd.as_fd());
         let remote_src = sys::is_remote_fs(src_fd.as_fd());
+        let links = Arc::new(Links::default());
         let pair = DirPair {
             src: src_fd,
             src_path: src_dir.to_path_buf(),
@@ -601,13 +672,14 @@ impl Engine {
             boundary: false,
             parent: None,
             engine: self,
+            links: Arc::clone(&links),
             finished: false,
         };
         let src_name = sys::cstring(src_name)?;
         let dst_name = sys::cstring(dst_name)?;
         self.rep.found_entries(1);
         pool.install(|| {
-            self.copy_entry(&pair, &src_name, &dst_name, Kind::File, Hint::Look);
+            self.copy_entry(&pair, None, &src_name, &dst_name, Kind::File, Hint::Look);
         });
         Ok(())
     }
@@ -798,11 +870,11 @@ impl Engine {
             let dir = Arc::clone(&dir);
             let publish = publish.clone();
             scope.spawn(move |_| {
-                let _publish = publish;
                 if crate::signal::received().is_some() {
                     return;
                 }
-                self.copy_entry(&dir, &name, &name, kind, hint);
+                let owner = Some((&dir, publish.as_ref()));
+                self.copy_entry(&dir, owner, &name, &name, kind, hint);
             });
         }
     }
@@ -1167,17 +1239,27 @@ impl Engine {
             boundary,
             parent: Some(Arc::clone(parent)),
             engine: self,
+            links: Arc::clone(&parent.links),
             finished: false,
         })
     }
 
     /// Copies (or leaves, or fixes) the non-directory `src_name` of `dir` as `dst_name` in its
     /// destination directory, and reports the outcome.
-    fn copy_entry(&self, dir: &DirPair, src_name: &CStr, dst_name: &CStr, kind: Kind, hint: Hint) {
+    fn copy_entry<'e>(
+        &self,
+        dir: &DirPair<'e>,
+        owner: Option<Owner<'_, 'e>>,
+        src_name: &CStr,
+        dst_name: &CStr,
+        kind: Kind,
+        hint: Hint,
+    ) {
         let at = At {
             dir,
             src_name,
             dst_name,
+            owner,
         };
         let result = match kind {
             Kind::File => self.copy_file(&at, hint),
@@ -1209,7 +1291,7 @@ impl Engine {
         at: &At,
         st: &Stat,
         old: Option<Stat>,
-        first: &mut Option<First<'_, LinkTarget>>,
+        first: &mut Option<Group<'_, '_>>,
         same_content: impl FnOnce() -> EntryResult<bool>,
     ) -> EntryResult<Option<Write>> {
         let Some(old) = old else {
@@ -1230,7 +1312,7 @@ impl Engine {
             Verdict::Kept => {
                 self.rep.skipped(file_size(st));
                 if let Some(first) = first.take() {
-                    first.committed(at.target());
+                    self.committed(first, at.target());
                 }
                 return Ok(None);
             }
@@ -1277,7 +1359,7 @@ impl Engine {
             self.rep.skipped(file_size(st));
         }
         if let Some(first) = first.take() {
-            first.committed(at.target());
+            self.committed(first, at.target());
         }
         Ok(None)
     }
@@ -1353,10 +1435,13 @@ impl Engine {
             self.rep.itemize(change, st.mode, &at.rel(), None);
             self.rep.done_file(st.size);
             if let Some(first) = first {
-                first.committed(LinkTarget {
-                    rewritten_by_dry_run: true,
-                    ..at.target()
-                });
+                self.committed(
+                    first,
+                    LinkTarget {
+                        rewritten_by_dry_run: true,
+                        ..at.target()
+                    },
+                );
             }
             return Ok(());
         }
@@ -1384,16 +1469,16 @@ impl Engine {
                 if let Some(first) = first
                     && e.severity() != crate::error::Severity::Failed
                 {
-                    first.failed_softly();
+                    self.claim_again(first.failed_softly());
                 }
                 return Err(e);
             }
         };
-        if let Some(first) = first {
-            first.committed(at.target());
-        }
         self.rep.itemize(change, st.mode, &at.rel(), None);
         self.rep.done_file(bytes);
+        if let Some(first) = first {
+            self.committed(first, at.target());
+        }
         Ok(())
     }
 
@@ -1556,11 +1641,40 @@ impl Engine {
     /// For an entry with more than one name: links this name to the group's copy when an
     /// earlier name was committed, or takes the duty to copy it. Entries with one name (or
     /// with --no-hard-links) are simply copied.
-    fn link_or_claim(&self, st: &Stat, at: &At, old: Option<&Stat>) -> EntryResult<LinkStep<'_>> {
+    fn link_or_claim<'a, 'e>(
+        &self,
+        st: &Stat,
+        at: &At<'a, 'e>,
+        old: Option<&Stat>,
+    ) -> EntryResult<LinkStep<'a, 'e>> {
         if !self.opts.hard_links || st.nlink < 2 {
             return Ok(LinkStep::Copy(None));
         }
-        match self.links.claim((st.dev, st.ino), st.nlink) {
+        let links = &at.dir.links;
+        let key = (st.dev, st.ino);
+        let claim = match at.owner {
+            // Only files: the name is claimed again by copy_file.
+            Some((dir, publish))
+                if old.is_none() && st.kind() == Kind::File && self.room_to_put_off() =>
+            {
+                let name = PutOff {
+                    dir: Arc::clone(dir),
+                    _publish: publish.cloned(),
+                    name: at.dst_name.to_owned(),
+                };
+                match links.put_off(key, st.nlink, name) {
+                    (Claim::PutOff, _) => return Ok(LinkStep::Done),
+                    (Claim::AllNew(names), _) => {
+                        self.claim_in_order(names);
+                        return Ok(LinkStep::Done);
+                    }
+                    (claim, _) => claim,
+                }
+            }
+            _ => links.claim(key, st.nlink),
+        };
+        match claim {
+            Claim::PutOff | Claim::AllNew(_) => unreachable!("only put_off puts names off"),
             Claim::First(first) => Ok(LinkStep::Copy(Some(first))),
             Claim::LinkTo(existing) => {
                 if old.is_some() && self.policy_in(at.dir).ignore_existing {
@@ -1594,6 +1708,18 @@ impl Engine {
                 io::Error::other("the first name of this hard-linked file was not copied"),
             )),
         }
+    }
+
+    /// Takes room for one more put-off name, if there is any.
+    fn room_to_put_off(&self) -> bool {
+        self.put_off_room
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    /// Settles a group's first name as committed at `target`, then links its put-off names.
+    fn committed(&self, first: Group<'_, '_>, target: LinkTarget) {
+        self.claim_again(first.committed(target));
     }
 
     /// Gives the name the inode already committed at `existing`, atomically replacing what
@@ -1699,7 +1825,7 @@ impl Engine {
             self.commit(temp, at.dst_name, dir, &at.dst_path())?;
         }
         if let Some(first) = first {
-            first.committed(at.target());
+            self.committed(first, at.target());
         }
         self.rep.itemize(change, st.mode, &at.rel(), shown);
         self.rep.done_symlink();
@@ -1742,7 +1868,7 @@ impl Engine {
             self.commit(temp, at.dst_name, dir, &at.dst_path())?;
         }
         if let Some(first) = first {
-            first.committed(at.target());
+            self.committed(first, at.target());
         }
         self.rep.itemize(change, st.mode, &at.rel(), None);
         self.rep.done_special();
@@ -1757,7 +1883,12 @@ struct At<'a, 'e> {
     dir: &'a DirPair<'e>,
     src_name: &'a CStr,
     dst_name: &'a CStr,
+    /// What keeps the directory open and unpublished, for a name that may be put off.
+    owner: Option<Owner<'a, 'e>>,
 }
+
+/// The shares of a directory (and of its publication, if staged) an entry's task holds.
+type Owner<'a, 'e> = (&'a Arc<DirPair<'e>>, Option<&'a Arc<Publish<'e>>>);
 
 impl At<'_, '_> {
     fn src_path(&self) -> PathBuf {
@@ -1793,11 +1924,11 @@ impl At<'_, '_> {
 }
 
 /// What to do with a name that may share its inode with others.
-enum LinkStep<'a> {
+enum LinkStep<'a, 'e> {
     /// Linked to the group's copy (or already was): done.
     Done,
     /// Copy it; with the group's duty when it has other names.
-    Copy(Option<First<'a, LinkTarget>>),
+    Copy(Option<Group<'a, 'e>>),
 }
 
 fn file_size(st: &Stat) -> u64 {

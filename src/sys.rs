@@ -486,6 +486,12 @@ pub fn raise_fd_limit() {
     }
 }
 
+/// The open-file limit in force (the soft one).
+pub fn fd_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit};
+    getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft)
+}
+
 /// Lists a directory through its handle (a duplicate, so the handle stays usable for *at
 /// calls), yielding names with the type the filesystem reported, if it reported one.
 pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<(CString, Option<Kind>)>> {
