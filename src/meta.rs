@@ -93,6 +93,8 @@ impl Node<'_> {
         path
     }
 
+    /// The names of the node's xattrs, without those that are a filesystem's own (see
+    /// `is_internal_xattr`).
     fn list_xattrs(&self) -> io::Result<Vec<std::ffi::OsString>> {
         use xattr::FileExt;
         if let Node::At(dir, name) = *self
@@ -100,7 +102,7 @@ impl Node<'_> {
         {
             return Ok(raw?
                 .split(|&b| b == 0)
-                .filter(|n| !n.is_empty())
+                .filter(|n| !n.is_empty() && !is_internal_xattr(n))
                 .map(|n| OsStr::from_bytes(n).to_os_string())
                 .collect());
         }
@@ -108,7 +110,7 @@ impl Node<'_> {
             Node::Fd(fd) => sys::on_fd(fd, || FdRef(fd).list_xattr(), |p| xattr::list_deref(p))?,
             Node::At(dir, name) => xattr::list(Self::proc_path(dir, name))?,
         };
-        Ok(names.collect())
+        Ok(names.filter(|n| !is_internal_xattr(n.as_bytes())).collect())
     }
 
     fn get_xattr(&self, attr: &OsStr) -> io::Result<Option<Vec<u8>>> {
@@ -151,6 +153,23 @@ impl Node<'_> {
 /// The xattr names of an open file (for crate::aside, which lists them ahead).
 pub fn list_xattrs_fd(fd: BorrowedFd<'_>) -> io::Result<Vec<std::ffi::OsString>> {
     Node::Fd(fd).list_xattrs()
+}
+
+/// Whether an xattr is a filesystem's own record rather than the file's: XFS lists each POSIX
+/// ACL a second time as trusted.SGI_ACL_FILE / trusted.SGI_ACL_DEFAULT (removing that alias
+/// removes the ACL; copying it elsewhere writes XFS's on-disk format as a plain xattr), and
+/// keeps DMAPI, MAC and capability records under trusted.SGI_*; security.evm is written only
+/// by the kernel. cp -a skips the same names (libattr's /etc/xattr.conf).
+fn is_internal_xattr(name: &[u8]) -> bool {
+    const EXACT: [&[u8]; 5] = [
+        b"trusted.SGI_ACL_FILE",
+        b"trusted.SGI_ACL_DEFAULT",
+        b"trusted.SGI_CAP_FILE",
+        b"trusted.SGI_MAC_FILE",
+        b"security.evm",
+    ];
+    const PREFIXES: [&[u8]; 4] = [b"trusted.SGI_DMI_", b"xfsroot.", b"afs.", b"user.Beagle."];
+    EXACT.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
 /// The xattr names under which the kernel stores POSIX ACLs.
@@ -346,7 +365,9 @@ impl Preserver {
             perm = self.set_owner(st, None, |u, g| sys::lchown_at(dir, name, u, g))?;
         }
         let mut applied = Applied::default();
-        if diff.acls || diff.xattrs {
+        // The kernel drops security.capability on chown: the xattrs are compared again.
+        let caps_dropped = owner_changed && !symlink && self.xattrs;
+        if diff.acls || diff.xattrs || caps_dropped {
             applied = self.sync_xattrs(src, Node::At(dir, name))?;
         }
         // chown cleared setuid/setgid and a changed ACL may have rewritten the group bits.

@@ -953,3 +953,118 @@ fn modes_are_exact_in_new_directories_under_any_umask() {
         compare_trees(&src, &dst);
     }
 }
+
+/// XFS lists each POSIX ACL a second time, as trusted.SGI_ACL_FILE / trusted.SGI_ACL_DEFAULT.
+/// A rerun onto XFS took that alias for an xattr the source lacks and removed it, which
+/// removed the ACL (every other run, never converging); a copy from XFS would carry the alias
+/// onto another filesystem as a plain xattr. cp -a skips those names, and so does treecopy.
+#[test]
+fn xfs_acl_aliases_are_neither_removed_nor_carried_across() {
+    require_root!();
+    let tmp = tempdir();
+    let m = skip_unless!(Mount::xfs_loop(
+        &tmp.path().join("x.img"),
+        &tmp.path().join("x"),
+        "300M"
+    ));
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("f"), b"acl\n").unwrap();
+    let access = posix_acl(&[
+        (ACL_USER_OBJ, 0, 6),
+        (ACL_USER, 1000, 6),
+        (ACL_GROUP_OBJ, 0, 4),
+        (ACL_MASK, 0, 6),
+        (ACL_OTHER, 0, 4),
+    ]);
+    let default = posix_acl(&[
+        (ACL_USER_OBJ, 0, 7),
+        (ACL_USER, 1000, 5),
+        (ACL_GROUP_OBJ, 0, 5),
+        (ACL_MASK, 0, 5),
+        (ACL_OTHER, 0, 5),
+    ]);
+    set_xattr(&src.join("f"), b"system.posix_acl_access", &access).unwrap();
+    set_xattr(&src.join("d"), b"system.posix_acl_default", &default).unwrap();
+    let on_xfs = m.dir.join("copy");
+    treecopy(args!["-q", &src, &on_xfs]).assert_code(0);
+    let alias = xattrs(&on_xfs.join("f")).unwrap();
+    skip_unless!(
+        alias
+            .contains_key(&b"trusted.SGI_ACL_FILE"[..])
+            .then_some(())
+            .ok_or("this XFS does not list trusted.SGI_ACL_FILE: nothing to test")
+    );
+    for run in 0..2 {
+        let rerun = treecopy(args!["-i", &src, &on_xfs]);
+        rerun.assert_code(0);
+        assert_eq!(rerun.stdout.trim(), "", "rerun {run} changed something");
+        let f = xattrs(&on_xfs.join("f")).unwrap();
+        assert_eq!(
+            f.get(&b"system.posix_acl_access"[..]),
+            Some(&access),
+            "rerun {run}"
+        );
+        let d = xattrs(&on_xfs.join("d")).unwrap();
+        assert_eq!(
+            d.get(&b"system.posix_acl_default"[..]),
+            Some(&default),
+            "rerun {run}"
+        );
+    }
+    // From XFS to the disk: the ACLs, not XFS's records of them.
+    let back = tmp.path().join("back");
+    treecopy(args!["-q", &on_xfs, &back]).assert_code(0);
+    for (rel, acl, want) in [
+        ("f", &b"system.posix_acl_access"[..], &access),
+        ("d", &b"system.posix_acl_default"[..], &default),
+    ] {
+        let got = xattrs(&back.join(rel)).unwrap();
+        assert_eq!(got.get(acl), Some(want), "{rel}");
+        let aliases: Vec<_> = got
+            .keys()
+            .filter(|k| k.starts_with(b"trusted.SGI_"))
+            .collect();
+        assert!(aliases.is_empty(), "{rel} carries {aliases:?}");
+    }
+}
+
+/// A file capability (security.capability) survives a rerun that only fixes the owner: the
+/// kernel drops the capability on chown, and the rerun used to chown without setting it again
+/// (exit 0, and the copy lacked the capability until a third run).
+#[test]
+fn a_file_capability_survives_an_owner_fix_in_place() {
+    require_root!();
+    let tmp = tempdir();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    fs::create_dir(&src).unwrap();
+    let f = src.join("ping");
+    fs::write(&f, b"binary\n").unwrap();
+    // VFS_CAP_REVISION_2 with the effective bit; permitted: CAP_NET_RAW (13).
+    let mut cap = (0x0200_0000u32 | 1).to_le_bytes().to_vec();
+    for word in [1u32 << 13, 0, 0, 0] {
+        cap.extend_from_slice(&word.to_le_bytes());
+    }
+    if let Err(e) = set_xattr(&f, b"security.capability", &cap) {
+        eprintln!("SKIP: this filesystem refuses security.capability: {e}");
+        return;
+    }
+    treecopy(args!["-q", &src, &dst]).assert_code(0);
+    chown(&f, Some(1000), None).unwrap();
+    // chown dropped the source's capability too: set it again.
+    set_xattr(&f, b"security.capability", &cap).unwrap();
+    let rerun = treecopy(args!["-i", &src, &dst]);
+    rerun.assert_code(0);
+    assert_eq!(rerun.stdout.trim(), ".f....o.... ping");
+    let copy = dst.join("ping");
+    assert_eq!(fs::metadata(&copy).unwrap().uid(), 1000);
+    let got = xattrs(&copy).unwrap();
+    assert_eq!(got.get(&b"security.capability"[..]), Some(&cap));
+    let third = treecopy(args!["-i", &src, &dst]);
+    third.assert_code(0);
+    assert_eq!(
+        third.stdout.trim(),
+        "",
+        "the second run left something to fix"
+    );
+}
