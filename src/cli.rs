@@ -21,7 +21,9 @@ What is copied where:
 Every file is written under a temporary name (.treecopy-tmp.<pid>.<n>) in its destination
 directory and renamed over its final name only when complete, with its mode, owner (as root)
 and nanosecond times set; a new directory is filled under such a name and renamed into place
-once the files in it are complete. Readers never see a half-written file.
+once the files in it are complete. Readers never see a half-written file. Entries of SRC
+with such names (another run's unfinished work, if SRC is itself being written by treecopy)
+and SRC's top-level .treecopy.lock are not copied; they are counted as excluded.
 
 Runs are incremental: an entry of DST with the same type, size and modification time as
 its source is not copied again (only differing owner, mode, times or xattrs are fixed in

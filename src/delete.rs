@@ -24,6 +24,11 @@ pub struct Removal<'a> {
     /// Called before each entry is removed (children before their directory). Returning false
     /// stops the removal: the budget of --max-delete is spent.
     pub visit: &'a (dyn Fn(&Doomed<'_>) -> bool + Sync),
+    /// Called once an entry is removed (or, in a dry run, would be): only then is it reported.
+    pub removed: &'a (dyn Fn(&Doomed<'_>) + Sync),
+    /// Called for each entry inside the tree that could not be removed; its siblings still
+    /// are, and the directories above it are left.
+    pub failed: &'a (dyn Fn(EntryError) + Sync),
     /// (st_dev, st_ino) of a directory never to remove or enter: the source tree, should it
     /// be reachable from the destination (a bind mount, SRC inside DST).
     pub protect: Option<(u64, u64)>,
@@ -38,6 +43,8 @@ struct Frame {
     rel: PathBuf,
     path: PathBuf,
     pending: Vec<(CString, Option<Kind>)>,
+    /// Something below could not be removed, so this directory cannot be either.
+    kept: bool,
 }
 
 /// Why a removal stopped before the end.
@@ -45,6 +52,9 @@ pub enum Stop {
     /// The visitor refused (the deletion budget is spent).
     Budget,
     Failed(EntryError),
+    /// Entries inside could not be removed (each was passed to `failed`), so the tree is
+    /// partly left.
+    Kept,
 }
 
 impl From<EntryError> for Stop {
@@ -79,28 +89,52 @@ impl Removal<'_> {
         while let Some(top) = stack.last_mut() {
             let Some((child, kind)) = top.pending.pop() else {
                 let done = stack.pop().expect("the stack is not empty");
+                if done.kept {
+                    match stack.last_mut() {
+                        Some(above) => above.kept = true,
+                        None => return Err(Stop::Kept),
+                    }
+                    continue;
+                }
                 let above = stack.last().map(|f| f.fd.as_fd()).unwrap_or(parent);
-                self.finish_dir(above, done)?;
+                match self.finish_dir(above, done) {
+                    Err(Stop::Failed(e)) if !stack.is_empty() => self.keep(&mut stack, e),
+                    done => done?,
+                }
                 continue;
             };
             let (child_rel, child_path) = (join(&top.rel, &child), join(&top.path, &child));
-            let kind = match kind {
-                Some(kind) => kind,
-                None => sys::lstat_at(top.fd.as_fd(), child.as_c_str())
-                    .ctx("stat", &child_path)?
-                    .kind(),
+            let dir = top.fd.as_fd();
+            let st = match sys::lstat_at(dir, child.as_c_str()).ctx("stat", &child_path) {
+                Ok(st) => st,
+                Err(e) => {
+                    self.keep(&mut stack, e);
+                    continue;
+                }
             };
-            if kind == Kind::Dir {
-                let (fd, fs) = (top.fd.as_fd(), (top.dev, top.mount));
-                let frame = self.open(fd, &child, &child_rel, &child_path, fs)?;
-                stack.push(frame);
+            let step = if kind.unwrap_or(st.kind()) == Kind::Dir {
+                let fs = (top.dev, top.mount);
+                self.open(dir, &child, &child_rel, &child_path, fs)
+                    .map(|frame| stack.push(frame))
             } else {
-                let st =
-                    sys::lstat_at(top.fd.as_fd(), child.as_c_str()).ctx("stat", &child_path)?;
-                self.remove_leaf(top.fd.as_fd(), &child, &child_rel, &child_path, st.mode)?;
+                self.remove_leaf(dir, &child, &child_rel, &child_path, st.mode)
+            };
+            match step {
+                Ok(()) => {}
+                Err(Stop::Failed(e)) => self.keep(&mut stack, e),
+                Err(stop) => return Err(stop),
             }
         }
         Ok(())
+    }
+
+    /// An entry below the top of `stack` could not be removed: reported, and its directory
+    /// is kept.
+    fn keep(&self, stack: &mut [Frame], e: EntryError) {
+        (self.failed)(e);
+        if let Some(top) = stack.last_mut() {
+            top.kept = true;
+        }
     }
 
     fn remove_leaf(
@@ -111,12 +145,14 @@ impl Removal<'_> {
         path: &Path,
         mode: u32,
     ) -> Result<(), Stop> {
-        if !(self.visit)(&Doomed { rel, mode }) {
+        let doomed = Doomed { rel, mode };
+        if !(self.visit)(&doomed) {
             return Err(Stop::Budget);
         }
         if !self.dry_run {
             sys::unlink_at(dir, name).ctx("delete", path)?;
         }
+        (self.removed)(&doomed);
         Ok(())
     }
 
@@ -160,20 +196,23 @@ impl Removal<'_> {
             rel: rel.to_path_buf(),
             path: path.to_path_buf(),
             pending,
+            kept: false,
         })
     }
 
     fn finish_dir(&self, parent: BorrowedFd<'_>, frame: Frame) -> Result<(), Stop> {
-        if !(self.visit)(&Doomed {
+        let doomed = Doomed {
             rel: &frame.rel,
             mode: frame.mode,
-        }) {
+        };
+        if !(self.visit)(&doomed) {
             return Err(Stop::Budget);
         }
         drop(frame.fd);
         if !self.dry_run {
             sys::rmdir_at(parent, &frame.name).ctx("delete", &frame.path)?;
         }
+        (self.removed)(&doomed);
         Ok(())
     }
 }
@@ -195,17 +234,16 @@ mod tests {
         symlink(&outside, root.join("gone/a/link")).unwrap();
         std::fs::write(root.join("kept"), b"y").unwrap();
         let seen = Mutex::new(Vec::new());
-        let visit = |d: &Doomed<'_>| {
-            seen.lock().unwrap().push(d.rel.to_path_buf());
-            true
-        };
+        let removed = |d: &Doomed<'_>| seen.lock().unwrap().push(d.rel.to_path_buf());
         let dir = sys::open_dir_path(&root).unwrap();
         for dry_run in [true, false] {
             seen.lock().unwrap().clear();
             let removal = Removal {
                 dry_run,
                 root: sys::is_root(),
-                visit: &visit,
+                visit: &|_| true,
+                removed: &removed,
+                failed: &|e| panic!("{e}"),
                 protect: None,
             };
             let ok = removal
@@ -246,6 +284,8 @@ mod tests {
             dry_run: false,
             root: true,
             visit: &visit,
+            removed: &|_| {},
+            failed: &|e| panic!("{e}"),
             protect: None,
         };
         let dir = sys::open_dir_path(tmp.path()).unwrap();

@@ -225,15 +225,25 @@ pub fn itemize_code(change: Change, st_mode: u32) -> String {
     }
 }
 
-/// Escapes a path's bytes for a line of output: control bytes and backslash become `\#ooo`,
-/// as rsync writes them, so that every entry takes exactly one line.
+/// Escapes a path's bytes for a line of output: control bytes, backslash and bytes that are
+/// not UTF-8 become `\#ooo`, as rsync writes them, so that every entry takes exactly one line
+/// and the output is text a script can decode.
 pub fn escape_path(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
-    for &b in bytes {
-        if b < 0x20 || b == 0x7f || b == b'\\' {
-            out.extend_from_slice(format!("\\#{b:03o}").as_bytes());
-        } else {
-            out.push(b);
+    let escape = |out: &mut Vec<u8>, b: u8| out.extend_from_slice(format!("\\#{b:03o}").as_bytes());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() || c == '\\' {
+                let mut buf = [0; 4];
+                for &b in c.encode_utf8(&mut buf).as_bytes() {
+                    escape(&mut out, b);
+                }
+            } else {
+                out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+            }
+        }
+        for &b in chunk.invalid() {
+            escape(&mut out, b);
         }
     }
     out
@@ -467,6 +477,7 @@ mod tests {
             b"a\\#012b\\#134c\\#177".to_vec()
         );
         assert_eq!(escape_path("é/x".as_bytes()), "é/x".as_bytes().to_vec());
-        assert_eq!(escape_path(b"\xff\xfe"), b"\xff\xfe".to_vec());
+        assert_eq!(escape_path(b"\xff\xfe"), b"\\#377\\#376".to_vec());
+        assert_eq!(escape_path(b"\xc3\xa9\xc3"), b"\xc3\xa9\\#303".to_vec());
     }
 }

@@ -199,8 +199,12 @@ impl Drop for DirPair<'_> {
 
 /// Publishes a staged directory: renames it from its temp name to its final name in its
 /// parent when the last of its entry tasks drops this. It holds the parent, whose metadata
-/// is therefore applied after the rename.
+/// is therefore applied after the rename, and the directory itself, whose metadata is too:
+/// until then it keeps the staged mode (0700) by which a later run knows a killed run's
+/// staged directory, even if the kill comes just before the rename.
 struct Publish<'e> {
+    /// Dropped first (fields drop in order): the directory is finished before its parent.
+    _dir: Arc<DirPair<'e>>,
     parent: Arc<DirPair<'e>>,
     loc: Arc<Location>,
     /// With --fsync, the staged directory itself: its entries are made durable before the
@@ -811,6 +815,13 @@ impl Engine {
             if temp_owner(name.to_bytes()).is_some() || (is_root && name.as_c_str() == LOCK_NAME) {
                 // Another run's unfinished entry (SRC is being written by treecopy): never a
                 // complete file.
+                self.rep.excluded();
+                self.rep.verbose(|| {
+                    format!(
+                        "not copied: {} (treecopy's own)",
+                        shown(&dir.src_path(&name))
+                    )
+                });
                 continue;
             }
             let kind = match kind {
@@ -946,6 +957,8 @@ impl Engine {
             dry_run: false,
             root: self.meta.root,
             visit: &|_| true,
+            removed: &|_| {},
+            failed: &|e| self.rep.warn(&format!("leftover entry not removed: {e}")),
             protect: self.roots.get().map(|(src, _)| *src),
         };
         match removal.remove(dst, name, Path::new(""), path) {
@@ -956,7 +969,7 @@ impl Engine {
                 self.rep
                     .warn(&format!("leftover {} not removed: {}", shown(path), e))
             }
-            Err(Stop::Budget) => {}
+            Err(Stop::Budget | Stop::Kept) => {}
         }
     }
 
@@ -993,7 +1006,7 @@ impl Engine {
     /// Removes a destination entry and everything below it, itemizing and counting each;
     /// returns whether it is gone.
     fn remove(&self, dst: BorrowedFd<'_>, name: &CStr, rel: &Path, path: &Path) -> bool {
-        let visit = |doomed: &Doomed<'_>| {
+        let visit = |_: &Doomed<'_>| {
             if let Some(budget) = &self.delete_budget
                 && budget
                     .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1))
@@ -1001,17 +1014,21 @@ impl Engine {
             {
                 return false;
             }
+            true
+        };
+        let removed = |doomed: &Doomed<'_>| {
             self.rep
                 .itemize(Change::Deleted, doomed.mode, doomed.rel, None);
             self.rep
                 .verbose(|| format!("deleted {}", shown(doomed.rel)));
             self.rep.deleted();
-            true
         };
         let removal = Removal {
             dry_run: self.opts.dry_run,
             root: self.meta.root,
             visit: &visit,
+            removed: &removed,
+            failed: &|e| self.report(Err(e)),
             protect: self.roots.get().map(|(src, _)| *src),
         };
         match removal.remove(dst, name, rel, path) {
@@ -1033,6 +1050,7 @@ impl Engine {
                 self.report(Err(e));
                 false
             }
+            Err(Stop::Kept) => false,
         }
     }
 
@@ -1052,18 +1070,20 @@ impl Engine {
             Ok(pair) => {
                 self.rep.done_dir();
                 let existed = pair.existed;
+                let pair = Arc::new(pair);
                 let publish = pair.hidden.then(|| {
                     let durable = self
                         .opts
                         .fsync
                         .then(|| pair.dst().map(|fd| fd.try_clone_to_owned()));
                     Arc::new(Publish {
+                        _dir: Arc::clone(&pair),
                         parent: Arc::clone(parent),
                         loc: Arc::clone(&pair.dst_loc),
                         durable: durable.flatten().and_then(Result::ok),
                     })
                 });
-                self.copy_dir(scope, Arc::new(pair), existed, publish);
+                self.copy_dir(scope, pair, existed, publish);
             }
             Err(err) => self.report(Err(err)),
         }

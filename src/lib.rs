@@ -113,6 +113,10 @@ pub fn run(cfg: &Config) -> anyhow::Result<Summary> {
             Err(LockError::Held(holder)) => {
                 return Err(refuse(EXIT_LOCKED, lock::held_message(dst, holder)));
             }
+            // A read-only DST cannot be written by another run either: the lock guards
+            // nothing, and an up-to-date copy is still checked (a write it needs fails by
+            // name).
+            Err(LockError::Io(e)) if e.raw_os_error() == Some(libc::EROFS) => {}
             Err(LockError::Io(e)) => {
                 anyhow::bail!("lock {}: {e}", shown(&dst.join(".treecopy.lock")))
             }

@@ -312,11 +312,11 @@ fn directories_deleted_during_the_copy_are_vanished_not_failed() {
 }
 
 /// Runs `treecopy -j1 SRC DST` under strace, which holds it for `hold` after its first call
-/// of one of `syscalls` returns, while `meanwhile` runs `after` into that pause. None (the
-/// test skips) without strace.
+/// of one of `syscalls` returns (or, `Before`, when it is made), while `meanwhile` runs
+/// `after` into that pause. None (the test skips) without strace.
 fn run_held(
     syscalls: &str,
-    hold: Duration,
+    hold: Held,
     src: &Path,
     dst: &Path,
     after: Duration,
@@ -329,8 +329,12 @@ fn run_held(
     let mut cmd = Command::new("strace");
     cmd.args(["-o", "/dev/null", "-f", "-e"])
         .arg(format!(
-            "inject={syscalls}:delay_exit={}:when=1",
-            hold.as_micros()
+            "inject={syscalls}:{}={}:when=1",
+            match hold {
+                Held::After(_) => "delay_exit",
+                Held::Before(_) => "delay_enter",
+            },
+            hold.time().as_micros()
         ))
         .args([bin(), "-j1"])
         .arg(src)
@@ -342,6 +346,20 @@ fn run_held(
     let run = run_cmd(cmd, RUN_TIMEOUT);
     other.join().unwrap();
     Some(run)
+}
+
+/// Where strace holds a run: after the call returns, or before it is carried out.
+enum Held {
+    After(Duration),
+    Before(Duration),
+}
+
+impl Held {
+    fn time(&self) -> Duration {
+        match *self {
+            Held::After(t) | Held::Before(t) => t,
+        }
+    }
 }
 
 /// Appends `tail` to the file at `path`, as a producer still writing it.
@@ -380,7 +398,7 @@ fn a_special_file_replaced_after_the_listing_fails_and_empties_nothing() {
     };
     let Some(run) = run_held(
         "getdents64",
-        Duration::from_secs(3),
+        Held::After(Duration::from_secs(3)),
         &src,
         &dst,
         Duration::from_millis(1500),
@@ -457,7 +475,14 @@ fn a_file_written_to_while_it_is_copied_is_not_committed() {
     let writer = append(&src.join("growing.bin"), b"the producer's last words");
     let hold = Duration::from_secs(2);
     let after = Duration::from_secs(1);
-    let Some(run) = run_held("copy_file_range,sendfile", hold, &src, &dst, after, writer) else {
+    let Some(run) = run_held(
+        "copy_file_range,sendfile",
+        Held::After(hold),
+        &src,
+        &dst,
+        after,
+        writer,
+    ) else {
         return;
     };
     run.assert_code(24);
@@ -496,7 +521,14 @@ fn a_hard_linked_file_written_to_while_copied_is_changed_under_every_name() {
     let writer = append(&src.join("a/h1"), b"more");
     let hold = Duration::from_secs(2);
     let after = Duration::from_secs(1);
-    let Some(run) = run_held("copy_file_range,sendfile", hold, &src, &dst, after, writer) else {
+    let Some(run) = run_held(
+        "copy_file_range,sendfile",
+        Held::After(hold),
+        &src,
+        &dst,
+        after,
+        writer,
+    ) else {
         return;
     };
     run.assert_code(24);
@@ -508,4 +540,69 @@ fn a_hard_linked_file_written_to_while_copied_is_changed_under_every_name() {
         fs::read(dst.join("h3")).unwrap(),
         fs::read(src.join("h3")).unwrap()
     );
+}
+
+/// A run killed just before it publishes a staged directory (strace holds its first rename
+/// for 3 s, and the test kills it then) leaves that directory in the staged mode,
+/// 0700, by which the next run knows it for a killed run's: that run completes the copy and
+/// leaves nothing behind. (The directory used to get its source's mode before the rename, so a
+/// kill in between left a temp directory no run removed.)
+#[test]
+fn a_run_killed_before_publishing_a_directory_leaves_it_for_the_next_run() {
+    require_root!();
+    let tmp = tempdir();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::set_permissions(src.join("sub"), fs::Permissions::from_mode(0o755)).unwrap();
+    for i in 0..3 {
+        fs::write(src.join(format!("sub/{i}")), format!("{i}\n")).unwrap();
+    }
+    let dst = tmp.path().join("dst");
+    let kill = {
+        let dst = dst.clone();
+        move || {
+            // The treecopy strace runs: the process whose command line names DST.
+            for entry in fs::read_dir("/proc").unwrap().flatten() {
+                let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+                    continue;
+                };
+                let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+                if args.first().is_some_and(|a| a.ends_with(b"treecopy"))
+                    && args
+                        .iter()
+                        .any(|a| *a == dst.as_os_str().as_encoded_bytes())
+                {
+                    let pid: i32 = entry.file_name().to_string_lossy().parse().unwrap();
+                    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+    };
+    let Some(_) = run_held(
+        "renameat2,rename,renameat",
+        Held::Before(Duration::from_secs(3)),
+        &src,
+        &dst,
+        Duration::from_millis(1500),
+        kill,
+    ) else {
+        return;
+    };
+    let staged: Vec<_> = fs::read_dir(&dst)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .as_encoded_bytes()
+                .starts_with(b".treecopy-tmp.")
+        })
+        .collect();
+    assert_eq!(staged.len(), 1, "the killed run left no staged directory");
+    let mode = staged[0].metadata().unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o700, "the staged directory lost its staged mode");
+    let rerun = treecopy(args![&src, &dst]);
+    rerun.assert_code(0);
+    assert_no_temp_files(&dst);
+    crate::util::compare_trees(&src, &dst);
 }

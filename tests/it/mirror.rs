@@ -1217,3 +1217,56 @@ fn a_hard_link_group_new_to_an_existing_destination_is_listed_alike_by_a_dry_run
     }
     compare_trees(&src, &dst);
 }
+
+/// Makes a file immutable (chattr +i) until dropped, so that even root cannot delete it.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn set(path: &Path) -> Result<Immutable, String> {
+        crate::util::sh("chattr", &["+i".as_ref(), path.as_os_str()])
+            .map_err(|e| format!("this filesystem refuses chattr +i: {e}"))?;
+        Ok(Immutable(path.to_path_buf()))
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = crate::util::sh("chattr", &["-i".as_ref(), self.0.as_os_str()]);
+    }
+}
+
+/// A deletion that fails (an immutable file) is an error, and neither itemized as
+/// `*deleting` nor counted as deleted; its siblings are still deleted, and the directory
+/// holding it is left (it used to be listed and counted as deleted, and the removal of its
+/// directory stopped at it).
+#[test]
+fn a_failed_deletion_is_reported_and_not_counted_as_done() {
+    require_root!();
+    let (_tmp, src, dst) = src_dst();
+    put(&src, "kept", b"k\n");
+    treecopy(args!["-q", &src, &dst]).assert_code(0);
+    put(&dst, "extra/stuck", b"x\n");
+    put(&dst, "extra/free", b"y\n");
+    put(&dst, "gone", b"z\n");
+    let _stuck = skip_unless!(Immutable::set(&dst.join("extra/stuck")));
+    let run = treecopy(args!["-i", "--delete", "--json", &src, &dst]);
+    run.assert_code(1);
+    let deletions: BTreeSet<String> = itemized(&run)
+        .into_iter()
+        .filter(|l| l.starts_with('*'))
+        .collect();
+    assert_eq!(
+        deletions,
+        set_of("*deleting   extra/free|*deleting   gone"),
+        "{}",
+        run.stderr
+    );
+    let errors = run.error_lines();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("extra/stuck") && errors[0].contains("Operation not permitted"),
+        "{errors:?}"
+    );
+    assert_eq!(summary_fields(&run).unwrap()["deleted"], "2");
+    assert!(dst.join("extra/stuck").exists() && !dst.join("gone").exists());
+}
