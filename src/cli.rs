@@ -27,7 +27,9 @@ and SRC's top-level .treecopy.lock are not copied; they are counted as excluded.
 
 Runs are incremental: an entry of DST with the same type, size and modification time as
 its source is not copied again (only differing owner, mode, times or xattrs are fixed in
-place). --checksum compares content instead.
+place). --checksum compares content instead. xattrs and ACLs of such an entry are read
+only if the source's inode changed (its ctime) since the copy's did, which saves two
+requests per file on NFS; one changed on the copy alone is found only with --checksum.
 
 Filters (--include, --exclude, --exclude-from) are matched on the path relative to SRC; the
 first matching rule wins. A pattern without '/' matches a name at any depth, a leading '/'
@@ -48,7 +50,7 @@ Exit status:
   3    DST is locked by another treecopy run (without --wait)
   4    refused to delete: more than --max-delete entries, or an empty SRC
   24   nothing failed, but source entries vanished or changed during the copy
-  130  interrupted by SIGINT; 143 by SIGTERM (128 + the signal number)";
+  130  interrupted by SIGINT; 143 by SIGTERM, 129 by SIGHUP (128 + the signal number)";
 
 /// Copies a directory tree in parallel, fast and safely: files appear under their final names
 /// only when complete.

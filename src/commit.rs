@@ -499,7 +499,7 @@ pub fn remove_stale(dir: BorrowedFd<'_>, listing: &[(CString, Option<Kind>)]) ->
         let Some(pid) = temp_owner(name.to_bytes()) else {
             continue;
         };
-        if pid != me && sys::process_alive(pid) {
+        if pid != me && sys::process_alive(pid) && sys::may_be_treecopy(pid) {
             continue;
         }
         if matches!(kind, Some(Kind::Dir)) {

@@ -14,6 +14,8 @@ pub struct Doomed<'a> {
     /// Relative to the destination root.
     pub rel: &'a Path,
     pub mode: u32,
+    /// (st_dev, st_ino) of a non-directory: its link count drops by one.
+    pub inode: Option<(u64, u64)>,
 }
 
 /// How a removal goes: what it may do and whom it tells.
@@ -79,7 +81,7 @@ impl Removal<'_> {
     ) -> Result<(), Stop> {
         let st = sys::lstat_at(parent, name).ctx("stat", path)?;
         if st.kind() != Kind::Dir {
-            return self.remove_leaf(parent, name, rel, path, st.mode);
+            return self.remove_leaf(parent, name, rel, path, &st);
         }
         let parent_fs = (
             sys::fstat(parent).ctx("stat", path)?.dev,
@@ -117,7 +119,7 @@ impl Removal<'_> {
                 self.open(dir, &child, &child_rel, &child_path, fs)
                     .map(|frame| stack.push(frame))
             } else {
-                self.remove_leaf(dir, &child, &child_rel, &child_path, st.mode)
+                self.remove_leaf(dir, &child, &child_rel, &child_path, &st)
             };
             match step {
                 Ok(()) => {}
@@ -143,9 +145,13 @@ impl Removal<'_> {
         name: &CStr,
         rel: &Path,
         path: &Path,
-        mode: u32,
+        st: &sys::Stat,
     ) -> Result<(), Stop> {
-        let doomed = Doomed { rel, mode };
+        let doomed = Doomed {
+            rel,
+            mode: st.mode,
+            inode: Some((st.dev, st.ino)),
+        };
         if !(self.visit)(&doomed) {
             return Err(Stop::Budget);
         }
@@ -204,6 +210,7 @@ impl Removal<'_> {
         let doomed = Doomed {
             rel: &frame.rel,
             mode: frame.mode,
+            inode: None,
         };
         if !(self.visit)(&doomed) {
             return Err(Stop::Budget);

@@ -217,6 +217,12 @@ impl Drop for Publish<'_> {
         let Some(pdst) = self.parent.dst() else {
             return;
         };
+        if crate::signal::received().is_some() {
+            // Interrupted: what the directory holds may be cut off. It stays staged (mode
+            // 0700, its metadata not applied), and the next run resumes it, checking every
+            // entry strictly.
+            return;
+        }
         let rep = &self.parent.engine.rep;
         if crate::commit::staged_entry_stuck() {
             // Back to the mode of a staged directory, by which the next run knows to resume it.
@@ -397,6 +403,9 @@ pub struct Engine {
     /// network filesystems a create is a round trip and stays parallel. Taken by
     /// `lock_create`, which polls before it sleeps.
     create_lock: Mutex<()>,
+    /// In a dry run, the names --delete would have removed from each destination inode
+    /// (st_dev, st_ino) so far: the link counts the run would then see.
+    dry_unlinked: Mutex<HashMap<(u64, u64), u64>>,
     /// Destination devices already warned about refusing xattrs.
     xattrs_refused_on: Mutex<HashSet<u64>>,
     /// The device of SRC, for -x.
@@ -482,6 +491,7 @@ impl Engine {
             filter,
             create_lock: Mutex::new(()),
             xattrs_refused_on: Mutex::new(HashSet::new()),
+            dry_unlinked: Mutex::new(HashMap::new()),
             root_dev: OnceLock::new(),
             roots: OnceLock::new(),
             dst_root: OnceLock::new(),
@@ -838,13 +848,28 @@ impl Engine {
                 self.rep.excluded();
                 continue;
             }
-            let hint = match dst_names
+            let listed = dst_names
                 .as_mut()
-                .map(|names| names.remove(name.as_c_str()))
-            {
+                .map(|names| names.remove(name.as_c_str()));
+            let hint = match listed {
                 Some(None) => Hint::Absent,
                 _ => Hint::Look,
             };
+            if self.opts.count_deletions_only
+                && kind != Kind::Dir
+                && hint == Hint::Look
+                && !self.policy_in(&dir).ignore_existing
+                && let Some(dst) = dir.dst()
+            {
+                // A non-directory replaces a directory of DST: --delete removes that tree.
+                let dst_kind = match listed.flatten().flatten() {
+                    Some(kind) => Some(kind),
+                    None => sys::lstat_at(dst, name.as_c_str()).ok().map(|st| st.kind()),
+                };
+                if dst_kind == Some(Kind::Dir) {
+                    self.remove(dst, &name, &dir.rel(&name), &dir.dst_path(&name));
+                }
+            }
             if kind == Kind::Dir {
                 let dir = Arc::clone(&dir);
                 let leftover = (!adoptable.is_empty())
@@ -1017,6 +1042,9 @@ impl Engine {
             true
         };
         let removed = |doomed: &Doomed<'_>| {
+            if let (true, Some(inode)) = (self.opts.dry_run, doomed.inode) {
+                *lock_map(&self.dry_unlinked).entry(inode).or_default() += 1;
+            }
             self.rep
                 .itemize(Change::Deleted, doomed.mode, doomed.rel, None);
             self.rep
@@ -1321,7 +1349,7 @@ impl Engine {
         // A destination file sharing its inode with other names, whose source does not: fixing
         // it in place would change those names too.
         if st.kind() == Kind::File
-            && old.nlink > 1
+            && self.links_of(&old) > 1
             && (st.nlink < 2 || !self.opts.hard_links)
             && matches!(verdict, Verdict::Same | Verdict::CompareContent)
         {
@@ -1452,6 +1480,14 @@ impl Engine {
         };
         let change = self.written(&how, &st);
         if self.opts.dry_run {
+            // The run would give this name a new inode: the old one loses a name.
+            if let Write::Over { old, .. } = &how
+                && old.nlink > 1
+            {
+                *lock_map(&self.dry_unlinked)
+                    .entry((old.dev, old.ino))
+                    .or_default() += 1;
+            }
             self.rep.itemize(change, st.mode, &at.rel(), None);
             self.rep.done_file(st.size);
             if let Some(first) = first {
@@ -1730,6 +1766,18 @@ impl Engine {
         }
     }
 
+    /// A destination entry's link count, less the names a dry run's --delete would have
+    /// removed by now.
+    fn links_of(&self, old: &Stat) -> u64 {
+        if !self.opts.dry_run {
+            return old.nlink;
+        }
+        let unlinked = lock_map(&self.dry_unlinked)
+            .get(&(old.dev, old.ino))
+            .copied();
+        old.nlink.saturating_sub(unlinked.unwrap_or(0))
+    }
+
     /// Takes room for one more put-off name, if there is any.
     fn room_to_put_off(&self) -> bool {
         self.put_off_room
@@ -1953,6 +2001,10 @@ enum LinkStep<'a, 'e> {
 
 fn file_size(st: &Stat) -> u64 {
     if st.kind() == Kind::File { st.size } else { 0 }
+}
+
+fn lock_map<K, V>(map: &Mutex<HashMap<K, V>>) -> std::sync::MutexGuard<'_, HashMap<K, V>> {
+    map.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn lock(mutex: &Mutex<()>) -> std::sync::MutexGuard<'_, ()> {

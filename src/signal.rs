@@ -1,5 +1,5 @@
-//! SIGINT/SIGTERM handling: the handler only records the signal; workers poll it between
-//! files and between chunks, so every temp file is removed by its owner before we exit.
+//! SIGINT/SIGTERM/SIGHUP handling: the handler only records the signal; workers poll it
+//! between files and between chunks, so every temp file is removed by its owner before we exit.
 
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -14,16 +14,21 @@ extern "C" fn on_signal(sig: libc::c_int) {
     }
 }
 
-/// Installs the handlers for SIGINT and SIGTERM. SA_RESTART keeps syscalls from failing with
-/// EINTR in the middle of a copy; the workers check `received()` often enough.
+/// Installs the handlers for SIGINT, SIGTERM and SIGHUP (a dropped ssh session during an
+/// interactive migration). SA_RESTART keeps syscalls from failing with EINTR in the middle of
+/// a copy; the workers check `received()` often enough. A SIGHUP ignored by whoever started
+/// us (nohup) stays ignored.
 pub fn install() -> nix::Result<()> {
     let action = SigAction::new(
         SigHandler::Handler(on_signal),
         SaFlags::SA_RESTART,
         SigSet::empty(),
     );
-    for sig in [Signal::SIGINT, Signal::SIGTERM] {
-        unsafe { sigaction(sig, &action)? };
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        let old = unsafe { sigaction(sig, &action)? };
+        if sig == Signal::SIGHUP && matches!(old.handler(), SigHandler::SigIgn) {
+            unsafe { sigaction(sig, &old)? };
+        }
     }
     Ok(())
 }

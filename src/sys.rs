@@ -470,6 +470,16 @@ pub fn process_alive(pid: i32) -> bool {
     )
 }
 
+/// Whether a live process `pid` may be a treecopy run, still writing the temp entries its pid
+/// names: not if its command name says otherwise (the pid was reused, as after a reboot). If
+/// the name cannot be read, it may be.
+pub fn may_be_treecopy(pid: i32) -> bool {
+    match std::fs::read(format!("/proc/{pid}/comm")) {
+        Ok(comm) => comm.starts_with(b"treecopy"),
+        Err(e) => e.kind() != io::ErrorKind::NotFound,
+    }
+}
+
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }

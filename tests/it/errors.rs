@@ -558,27 +558,7 @@ fn a_run_killed_before_publishing_a_directory_leaves_it_for_the_next_run() {
         fs::write(src.join(format!("sub/{i}")), format!("{i}\n")).unwrap();
     }
     let dst = tmp.path().join("dst");
-    let kill = {
-        let dst = dst.clone();
-        move || {
-            // The treecopy strace runs: the process whose command line names DST.
-            for entry in fs::read_dir("/proc").unwrap().flatten() {
-                let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
-                    continue;
-                };
-                let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-                if args.first().is_some_and(|a| a.ends_with(b"treecopy"))
-                    && args
-                        .iter()
-                        .any(|a| *a == dst.as_os_str().as_encoded_bytes())
-                {
-                    let pid: i32 = entry.file_name().to_string_lossy().parse().unwrap();
-                    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-        }
-    };
+    let kill = signal_treecopy_into(&dst, libc::SIGKILL);
     let Some(_) = run_held(
         "renameat2,rename,renameat",
         Held::Before(Duration::from_secs(3)),
@@ -603,6 +583,82 @@ fn a_run_killed_before_publishing_a_directory_leaves_it_for_the_next_run() {
     assert_eq!(mode, 0o700, "the staged directory lost its staged mode");
     let rerun = treecopy(args![&src, &dst]);
     rerun.assert_code(0);
+    assert_no_temp_files(&dst);
+    crate::util::compare_trees(&src, &dst);
+}
+
+/// Sends `sig` to the treecopy (run under strace) whose command line names `dst`.
+fn signal_treecopy_into(dst: &Path, sig: libc::c_int) -> impl FnOnce() + Send + 'static {
+    let dst = dst.to_path_buf();
+    move || {
+        for entry in fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            if args.first().is_some_and(|a| a.ends_with(b"treecopy"))
+                && args
+                    .iter()
+                    .any(|a| *a == dst.as_os_str().as_encoded_bytes())
+            {
+                let pid: i32 = entry.file_name().to_string_lossy().parse().unwrap();
+                // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+                unsafe { libc::kill(pid, sig) };
+            }
+        }
+    }
+}
+
+/// A run that resumes a killed run's staged directory and is itself interrupted (SIGTERM,
+/// while strace holds its first copy) leaves the directory staged: published, the killed
+/// run's cut-off file in it would have been taken as complete by `-u` (its mtime is newer)
+/// and by --ignore-existing. The next `-u` run resumes it and completes the copy.
+#[test]
+fn an_interrupted_run_does_not_publish_a_resumed_directory() {
+    use std::os::unix::fs::MetadataExt;
+    require_root!();
+    let tmp = tempdir();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    write_random_file(&src.join("sub/big"), 4 << 20, 0x5EB);
+    fs::write(src.join("sub/small"), b"small\n").unwrap();
+    crate::util::set_times(
+        &src.join("sub/big"),
+        crate::util::Ts(1_500_000_000, 0),
+        crate::util::Ts(1_500_000_000, 0),
+    );
+    let dst = tmp.path().join("dst");
+    fs::create_dir(&dst).unwrap();
+    // What a run killed in the middle of `big` leaves: its staged directory (mode 0700, a
+    // dead pid in its name) holding `big` cut off, newer than the source.
+    let staged = dst.join(".treecopy-tmp.4194303.1.sub");
+    fs::create_dir(&staged).unwrap();
+    fs::set_permissions(&staged, fs::Permissions::from_mode(0o700)).unwrap();
+    let full = fs::read(src.join("sub/big")).unwrap();
+    fs::write(staged.join("big"), &full[..1 << 20]).unwrap();
+    let Some(run) = run_held(
+        "copy_file_range,sendfile",
+        Held::Before(Duration::from_secs(3)),
+        &src,
+        &dst,
+        Duration::from_millis(1500),
+        signal_treecopy_into(&dst, libc::SIGTERM),
+    ) else {
+        return;
+    };
+    run.assert_code(143);
+    assert!(
+        !dst.join("sub").exists(),
+        "the interrupted run published the resumed directory:\n{}",
+        run.stderr
+    );
+    let rerun = treecopy(args!["-u", &src, &dst]);
+    rerun.assert_code(0);
+    assert_eq!(fs::read(dst.join("sub/big")).unwrap(), full);
+    assert_eq!(
+        fs::metadata(dst.join("sub/big")).unwrap().mtime(),
+        1_500_000_000
+    );
     assert_no_temp_files(&dst);
     crate::util::compare_trees(&src, &dst);
 }

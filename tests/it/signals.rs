@@ -1,5 +1,5 @@
 //! Interruption and visibility: SIGINT/SIGTERM mid-copy exit with 128+signal and leave neither
-//! temp files nor partial files; a concurrent reader never sees a final name with a partial size.
+//! temp files nor partial files (unfinished new directories stay staged for the next run); a concurrent reader never sees a final name with a partial size.
 
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::util::{
     TMP_PREFIX, Ts, assert_no_temp_files, assert_present_files_complete, bin, drain,
-    first_difference, set_mode, set_times, tempdir, write_big_file, write_random_file,
+    find_temp_files, first_difference, set_mode, set_times, tempdir, write_big_file,
+    write_random_file,
 };
 
 /// A copy of `src` to `dst` with the given -j, its output discarded.
@@ -97,9 +98,38 @@ fn interrupt_mid_copy(sig: libc::c_int, jobs: &str, seed: u64) {
             status.signal(),
             128 + sig
         );
-        assert_no_temp_files(&dst);
+        // What may be left: new directories still staged, in the staged mode, for the next
+        // run to resume (published, their contents would be taken as complete). No temp file.
+        let left = find_temp_files(&dst);
+        for path in &left {
+            let meta = fs::symlink_metadata(path).unwrap();
+            assert!(
+                meta.is_dir() && meta.mode() & 0o7777 == 0o700,
+                "{} left behind, not a staged directory (mode {:o})\n{stderr}",
+                path.display(),
+                meta.mode()
+            );
+            for entry in fs::read_dir(path).unwrap().flatten() {
+                let name = entry.file_name();
+                assert!(
+                    !name.as_bytes().starts_with(TMP_PREFIX.as_bytes()),
+                    "temp file {name:?} left in {}",
+                    path.display()
+                );
+            }
+        }
         let complete = assert_present_files_complete(&src, &dst);
-        eprintln!("interrupted with {complete} complete files in DST");
+        eprintln!(
+            "interrupted with {complete} complete files in DST, {} directories staged",
+            left.len()
+        );
+        let rerun = Command::new(bin())
+            .args(["-q".as_ref(), src.as_os_str(), dst.as_os_str()])
+            .status()
+            .unwrap();
+        assert!(rerun.success(), "the rerun after signal {sig}: {rerun}");
+        assert_no_temp_files(&dst);
+        crate::util::compare_trees(&src, &dst);
         return;
     }
     panic!("the copy always finished within 300 ms, even with a bigger source");
