@@ -57,6 +57,9 @@ fn refuse(exit_code: u8, message: String) -> anyhow::Error {
     Refusal { message, exit_code }.into()
 }
 
+/// Open files one worker may need at once, for the -j the open-file limit allows.
+const FDS_PER_WORKER: u64 = 8;
+
 /// Copies as `cfg` says. An `Err` means the run could not start (exit status 2, or a
 /// `Refusal`'s); failures of single entries are reported on stderr and counted in the Summary.
 pub fn run(cfg: &Config) -> anyhow::Result<Summary> {
@@ -81,6 +84,18 @@ pub fn run(cfg: &Config) -> anyhow::Result<Summary> {
             sys::is_remote_path(&operands.src_real) || sys::is_remote_path(&operands.dst_real),
         )
     });
+    // Each worker holds a file on each side, chunk runners two more, and every directory in
+    // flight two: workers beyond what the open-file limit allows would fail files with EMFILE.
+    let fd_jobs = (sys::fd_limit().saturating_sub(64) / FDS_PER_WORKER).max(1) as usize;
+    let jobs = if jobs > fd_jobs {
+        eprintln!(
+            "treecopy: warning: -j {jobs} lowered to {fd_jobs}: the open-file limit is {}",
+            sys::fd_limit()
+        );
+        fd_jobs
+    } else {
+        jobs
+    };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(jobs)
         .thread_name(|i| format!("treecopy-{i}"))
