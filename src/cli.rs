@@ -46,7 +46,8 @@ Examples:
 Exit status:
   0    everything was copied
   1    some entries failed (each is reported on stderr)
-  2    fatal: usage error, SRC missing, DST equal to or inside SRC, DST unusable
+  2    fatal: usage error, SRC missing, DST equal to or inside SRC, DST unusable,
+       --report FILE not writable
   3    DST is locked by another treecopy run (without --wait)
   4    refused to delete: more than --max-delete entries, or an empty SRC
   24   nothing failed, but source entries vanished or changed during the copy

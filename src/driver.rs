@@ -138,12 +138,9 @@ impl DirPair<'_> {
             return;
         }
         if let Some(meta) = &self.meta {
-            if self.existed && self.pre_diff.any() {
-                engine
-                    .rep
-                    .itemize(Change::Meta(self.pre_diff), meta.mode, &self.rel, None);
-                engine.rep.updated();
-            }
+            // Listed once its metadata is fixed (or, in a dry run, would be); a failure is
+            // reported instead.
+            let mut fixed = true;
             if let (Some(dst), false) = (self.dst(), engine.opts.dry_run) {
                 let result = if self.existed {
                     engine.meta.sync_dir(self.src.as_fd(), dst, meta)
@@ -164,11 +161,18 @@ impl DirPair<'_> {
                     Ok(Some(applied)) => engine.note(applied, self.dst_dev, self.dst_loc.path()),
                     Ok(None) => {}
                     Err(e) => {
+                        fixed = false;
                         engine
                             .rep
                             .failed(&meta_error(e, &self.src_path, self.dst_loc.path()))
                     }
                 }
+            }
+            if fixed && self.existed && self.pre_diff.any() {
+                engine
+                    .rep
+                    .itemize(Change::Meta(self.pre_diff), meta.mode, &self.rel, None);
+                engine.rep.updated();
             }
         }
         if engine.opts.fsync
@@ -1547,18 +1551,18 @@ impl Engine {
         let src =
             sys::open_source(at.dir.src.as_fd(), at.src_name).src_ctx("open", &at.src_path())?;
         let old = sys::open_source(dst, at.dst_name).ctx("open", &at.dst_path())?;
-        let (a, _) =
-            crate::hash::hash_fd(src.as_fd()).map_err(|e| self.hash_error(&at.src_path(), e))?;
-        let (b, _) =
-            crate::hash::hash_fd(old.as_fd()).map_err(|e| self.hash_error(&at.dst_path(), e))?;
+        let (a, _) = crate::hash::hash_fd(src.as_fd())
+            .map_err(|e| self.hash_error("read", &at.src_path(), e))?;
+        let (b, _) = crate::hash::hash_fd(old.as_fd())
+            .map_err(|e| self.hash_error("read", &at.dst_path(), e))?;
         Ok(a == b)
     }
 
-    fn hash_error(&self, path: &Path, e: nix::errno::Errno) -> EntryError {
+    fn hash_error(&self, op: &'static str, path: &Path, e: nix::errno::Errno) -> EntryError {
         if e == nix::errno::Errno::EINTR && crate::signal::received().is_some() {
             EntryError::interrupted(path)
         } else {
-            EntryError::new("read", path, e)
+            EntryError::new(op, path, e)
         }
     }
 
@@ -1672,10 +1676,10 @@ impl Engine {
         }
         let back =
             sys::open_source(temp.dir(), temp.name()).ctx("open for verify", &at.dst_path())?;
-        let (a, _) =
-            crate::hash::hash_fd(src.as_fd()).map_err(|e| self.hash_error(&at.src_path(), e))?;
-        let (b, _) =
-            crate::hash::hash_fd(back.as_fd()).map_err(|e| self.hash_error(&at.dst_path(), e))?;
+        let (a, _) = crate::hash::hash_fd(src.as_fd())
+            .map_err(|e| self.hash_error("read for verify", &at.src_path(), e))?;
+        let (b, _) = crate::hash::hash_fd(back.as_fd())
+            .map_err(|e| self.hash_error("read back for verify", &at.dst_path(), e))?;
         if a != b {
             return Err(EntryError::between(
                 "verify",

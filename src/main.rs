@@ -18,6 +18,17 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FATAL);
         }
     };
+    if let Some(path) = &cfg.report
+        && let Err(e) = check_report_target(path)
+    {
+        // Found now, not after a night's copy whose outcome would then go unrecorded.
+        let _ = writeln!(
+            std::io::stderr(),
+            "treecopy: error: report {}: {e}",
+            treecopy::error::shown(path)
+        );
+        return ExitCode::from(EXIT_FATAL);
+    }
     let started = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -76,6 +87,24 @@ fn emit_report(cfg: &Config, ending: &Ending<'_>, started: f64) -> bool {
         }
     }
     true
+}
+
+/// Whether the report can be written where --report says: into a missing or regular file
+/// (by a temp file in its directory, which must exist and be writable), or into whatever else
+/// is there (a FIFO, a device), which is left to the write.
+fn check_report_target(path: &Path) -> io::Result<()> {
+    use nix::unistd::{AccessFlags, access};
+    let target = match fs::metadata(path) {
+        Ok(meta) if !meta.file_type().is_file() => return Ok(()),
+        Ok(_) => fs::canonicalize(path)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => path.to_path_buf(),
+        Err(e) => return Err(e),
+    };
+    let dir = match target.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    access(dir, AccessFlags::W_OK | AccessFlags::X_OK).map_err(io::Error::from)
 }
 
 /// Writes the report file. A regular file (or a new one) is written whole under a fresh temp

@@ -866,19 +866,26 @@ fn xattr_remove(path: &Path, name: &str) {
     assert!(out.status.success(), "setfattr -x {name}: {out:?}");
 }
 
-/// A report that cannot be written fails the run (a cron wrapper reading it must not take
-/// its absence for success) and names the path; a written one is complete JSON.
+/// A report that cannot be written is refused before anything is copied (exit 2: a cron
+/// wrapper reading it must not take its absence for success, and a whole night's copy should
+/// not run unrecorded) and names the path; a written one is complete JSON.
 #[test]
 fn report_file_is_written_whole_or_the_run_fails() {
     let (tmp, src, dst) = src_dst();
     small_tree(&src);
     let missing_dir = tmp.path().join("no-such-dir/report.json");
     let run = treecopy(args!["--report", &missing_dir, &src, &dst]);
-    run.assert_code(1);
+    run.assert_code(2);
     assert!(
-        run.stderr.contains("write report") && run.stderr.contains("no-such-dir/report.json"),
+        run.stderr.contains("report")
+            && run.stderr.contains("no-such-dir/report.json")
+            && run.stderr.contains("No such file or directory"),
         "{}",
         run.stderr
+    );
+    assert!(
+        !dst.exists(),
+        "copied although the report cannot be written"
     );
     let report = tmp.path().join("report.json");
     treecopy(args!["--report", &report, &src, &dst]).assert_code(0);
