@@ -1493,7 +1493,7 @@ impl Engine {
                     .or_default() += 1;
             }
             self.rep.itemize(change, st.mode, &at.rel(), None);
-            self.rep.done_file(st.size);
+            self.rep.done_file(data_bytes(&st));
             if let Some(first) = first {
                 self.committed(
                     first,
@@ -1578,7 +1578,8 @@ impl Engine {
         let dir = at.dir;
         let dst_dir = dir.dst().expect("a real run has its destination directory");
         let (src_path, dst_path) = (&at.src_path(), &at.dst_path());
-        self.rep.found_bytes(st.size);
+        let expected = data_bytes(st);
+        self.rep.found_bytes(expected);
         // Chunks in parallel pay where each stream is latency-bound (NFS, FUSE); on a local
         // disk one file's writers take turns on its inode lock. A hard-linked file's other
         // names wait for this copy: a worker must not pick them up while it waits for this
@@ -1628,9 +1629,13 @@ impl Engine {
             write_behind: dir.local_dst.then_some(&self.write_behind),
         };
         let (bytes, method) = copy::copy(&self.cache, &job, &self.rep)?;
-        // The progress total counts files at their size; a sparse file's holes were never
-        // copied, so they count as done now, or the bar would stop short of its total.
-        self.rep.copied_bytes(st.size.saturating_sub(bytes));
+        // The progress total counted the data the file was expected to hold: whatever the copy
+        // found more or less, the bar still ends at its total.
+        if bytes < expected {
+            self.rep.copied_bytes(expected - bytes);
+        } else {
+            self.rep.found_bytes(bytes - expected);
+        }
         // A producer still writing (or truncating) the file: the copy holds parts of two
         // versions, or stops short, and must not appear under the final name. From a network
         // source the attributes are usually still cached from the open: no round trip.
@@ -2001,6 +2006,16 @@ enum LinkStep<'a, 'e> {
     Done,
     /// Copy it; with the group's duty when it has other names.
     Copy(Option<Group<'a, 'e>>),
+}
+
+/// The bytes a copy of the file is expected to move: its size, or for a sparse file (fewer
+/// blocks allocated than its size needs) what is allocated, its data. No blocks at all says
+/// nothing (pseudo-files, FUSE filesystems that report none): the size.
+fn data_bytes(st: &Stat) -> u64 {
+    match st.blocks {
+        0 => st.size,
+        blocks => st.size.min(blocks.saturating_mul(512)),
+    }
 }
 
 fn file_size(st: &Stat) -> u64 {

@@ -103,7 +103,11 @@ impl Summary {
     /// One key=value line a script can parse.
     pub fn line(&self) -> String {
         let secs = self.elapsed.as_secs_f64();
-        let rate = self.bytes as f64 / secs.max(1e-6) / (1024.0 * 1024.0);
+        // A dry run moves nothing: its bytes are what a run would copy.
+        let rate = match self.dry_run {
+            true => 0.0,
+            false => self.bytes as f64 / secs.max(1e-6) / (1024.0 * 1024.0),
+        };
         let mut line = format!(
             "summary files={} dirs={} symlinks={} specials={} hardlinks={} bytes={} failed={} \
              copied={} updated={} skipped={} deleted={} excluded={} vanished={} changed={} \

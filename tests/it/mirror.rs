@@ -1348,3 +1348,38 @@ fn dry_run_counts_the_links_its_deletions_and_rewrites_remove() {
     assert_eq!(files(&dry), files(&real), "dry run");
     compare_trees(&src, &dst);
 }
+
+/// A sparse file counts its data, not its size, in a dry run's bytes as in the run's (which
+/// copies only the data): a 1 GiB file holding 4 MiB is 4 MiB either way.
+#[test]
+fn a_dry_run_counts_a_sparse_files_data_like_the_run() {
+    let (_tmp, src, dst) = src_dst();
+    fs::create_dir_all(&src).unwrap();
+    let f = src.join("sparse");
+    write_random_file(&f, 4 << 20, 0x5B);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    use std::os::unix::fs::MetadataExt;
+    if fs::metadata(&f).unwrap().blocks() * 512 >= 1 << 30 {
+        eprintln!("SKIPPED: this filesystem keeps no holes");
+        return;
+    }
+    let dry = treecopy(args!["-n", &src, &dst]);
+    dry.assert_code(0);
+    let real = treecopy(args![&src, &dst]);
+    real.assert_code(0);
+    assert_eq!(
+        summary_fields(&real).unwrap()["bytes"],
+        (4u64 << 20).to_string()
+    );
+    assert_eq!(
+        summary_fields(&dry).unwrap()["bytes"],
+        (4u64 << 20).to_string()
+    );
+    assert_eq!(summary_fields(&dry).unwrap()["rate"], "0.0MiB/s");
+    compare_trees(&src, &dst);
+}
