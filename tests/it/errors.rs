@@ -662,3 +662,48 @@ fn an_interrupted_run_does_not_publish_a_resumed_directory() {
     assert_no_temp_files(&dst);
     crate::util::compare_trees(&src, &dst);
 }
+
+/// Another process makes a staged directory's final name meanwhile (strace holds the
+/// publishing rename for 3 s), with a directory where the source has a file: that name alone
+/// fails (theirs is kept, with what it holds), their other entries are merged in, and the
+/// rest of the directory is published.
+#[test]
+fn a_directory_against_a_file_inside_a_merged_directory_fails_that_name_alone() {
+    require_root!();
+    let tmp = tempdir();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("sub/a"), b"ours\n").unwrap();
+    fs::write(src.join("sub/b"), b"b\n").unwrap();
+    let dst = tmp.path().join("dst");
+    let theirs = {
+        let sub = dst.join("sub");
+        move || {
+            fs::create_dir_all(sub.join("a")).unwrap();
+            fs::write(sub.join("a/inner"), b"theirs\n").unwrap();
+            fs::write(sub.join("extra"), b"extra\n").unwrap();
+        }
+    };
+    let Some(run) = run_held(
+        "renameat2,rename,renameat",
+        Held::Before(Duration::from_secs(3)),
+        &src,
+        &dst,
+        Duration::from_millis(1500),
+        theirs,
+    ) else {
+        return;
+    };
+    eprintln!("{}", run.stderr);
+    run.assert_code(1);
+    let errors = run.error_lines();
+    assert!(
+        errors.len() == 1 && errors[0].contains(&*dst.join("sub/a").to_string_lossy()),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(fs::read(dst.join("sub/a/inner")).unwrap(), b"theirs\n");
+    assert_eq!(fs::read(dst.join("sub/extra")).unwrap(), b"extra\n");
+    assert_eq!(fs::read(dst.join("sub/b")).unwrap(), b"b\n");
+    assert_no_temp_files(&dst);
+}
