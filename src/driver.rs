@@ -120,9 +120,14 @@ impl DirPair<'_> {
         self.dst.as_ref().map(|fd| fd.as_fd())
     }
 
-    /// Applies the directory's metadata once. An interrupted run leaves it for the next run.
+    /// Applies the directory's metadata once. An interrupted run applies it where the
+    /// directory is under its final name (so readers are not left facing mode 0700), and
+    /// leaves a staged one in the staged mode for the next run to resume.
     fn finish(&mut self) {
-        if std::mem::replace(&mut self.finished, true) || crate::signal::received().is_some() {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        if crate::signal::received().is_some() && self.dst_loc.staged_name().is_some() {
             return;
         }
         let engine = self.engine;
@@ -168,7 +173,8 @@ impl DirPair<'_> {
                     }
                 }
             }
-            if fixed && self.existed && self.pre_diff.any() {
+            // A resumed directory was itemized as created (see `open_dir_pair`).
+            if fixed && self.existed && !self.adopted && self.pre_diff.any() {
                 engine
                     .rep
                     .itemize(Change::Meta(self.pre_diff), meta.mode, &self.rel, None);
@@ -574,9 +580,11 @@ impl Engine {
             self.created_dir(&src_stat, Path::new(""));
         }
         let remote_src = sys::is_remote_fs(src_fd.as_fd());
-        // Where DST was there before, a new name of a hard-linked file may have its group's
-        // copy there already, under a name the walk has not reached yet.
-        if dst_exists && self.opts.hard_links && !self.opts.count_deletions_only {
+        // A new name of a hard-linked file may have its group's copy in DST already, under a
+        // name the walk has not reached yet; and a group all new is copied under its first
+        // name in path order, whatever order the walk reaches them in, so that a dry run
+        // lists what the run does.
+        if self.opts.hard_links && !self.opts.count_deletions_only {
             let room = sys::fd_limit() / 8;
             self.put_off_room.store(room, Ordering::Relaxed);
         }
@@ -1363,8 +1371,9 @@ impl Engine {
             Verdict::Create => return Ok(Some(Write::New)),
             Verdict::Kept => {
                 self.rep.skipped(file_size(st));
+                // Kept, not checked: the group's other names get the source's data.
                 if let Some(first) = first.take() {
-                    self.committed(first, at.target());
+                    self.claim_again(first.pass());
                 }
                 return Ok(None);
             }
@@ -1640,7 +1649,10 @@ impl Engine {
         // versions, or stops short, and must not appear under the final name. From a network
         // source the attributes are usually still cached from the open: no round trip.
         let after = sys::fstat(src.as_fd()).src_ctx("stat", src_path)?;
-        if (after.size, after.mtime) != (st.size, st.mtime) {
+        // The ctime too: a rewrite in place that puts the mtime back (touch -r, cp -p, rsync
+        // --inplace) still moves it, and a copy of the old data would then pass every later
+        // run's size-and-mtime check.
+        if (after.size, after.mtime, after.ctime) != (st.size, st.mtime, st.ctime) {
             return Err(EntryError::changed_while_copied(src_path));
         }
         self.rep.verbose(|| {

@@ -132,6 +132,13 @@ pub fn run(cfg: &Config) -> anyhow::Result<Summary> {
             // nothing, and an up-to-date copy is still checked (a write it needs fails by
             // name).
             Err(LockError::Io(e)) if e.raw_os_error() == Some(libc::EROFS) => {}
+            Err(LockError::Io(_)) if signal::received().is_some() => {
+                let sig = signal::received().unwrap_or_default();
+                return Err(refuse(
+                    (128 + sig).clamp(0, 255) as u8,
+                    format!("interrupted by signal {sig} while waiting for the lock"),
+                ));
+            }
             Err(LockError::Io(e)) => {
                 anyhow::bail!("lock {}: {e}", shown(&dst.join(".treecopy.lock")))
             }

@@ -209,6 +209,19 @@ impl<'a, T, D> First<'a, T, D> {
         std::mem::take(&mut self.put_off)
     }
 
+    /// Left as it is though it may not be the source's (--ignore-existing, --update): not a
+    /// copy other names may be linked to. The group is forgotten, so its next name is
+    /// claimed as a first one. Returns the put-off names, to be claimed again.
+    #[must_use = "put-off names must be claimed again"]
+    pub fn pass(mut self) -> Vec<D> {
+        self.done = true;
+        let mut groups = self.links.groups.lock().unwrap_or_else(|e| e.into_inner());
+        groups.remove(&self.key);
+        self.links.settled.notify_all();
+        drop(groups);
+        std::mem::take(&mut self.put_off)
+    }
+
     /// Not copied because the source changed or vanished meanwhile. Returns the put-off names,
     /// to be claimed again (and so told).
     #[must_use = "put-off names must be claimed again"]
@@ -352,5 +365,15 @@ mod tests {
             Claim::FirstFailed { soft: false }
         ));
         assert!(links.groups.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_passed_first_name_leaves_the_group_to_the_next() {
+        let links = HardLinks::<PathBuf, &str>::default();
+        let Claim::First(first) = links.claim((6, 1), 2) else {
+            panic!("the first name must be copied");
+        };
+        assert!(first.pass().is_empty());
+        assert!(matches!(links.claim((6, 1), 2), Claim::First(_)));
     }
 }

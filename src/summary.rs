@@ -173,11 +173,16 @@ pub fn report(src: &Path, dst: &Path, ending: &Ending<'_>, started_unix: f64) ->
             let outcome = match *code {
                 EXIT_LOCKED => "locked",
                 EXIT_DELETE_REFUSED => "delete_refused",
+                // A signal before the copy began (while waiting for the lock).
+                129.. => "interrupted",
                 _ => "fatal",
             };
             doc.insert("outcome".into(), json!(outcome));
             doc.insert("exit_code".into(), json!(code));
             doc.insert("error".into(), json!(message));
+            if *code > 128 {
+                doc.insert("interrupted_by_signal".into(), json!(code - 128));
+            }
         }
         Ending::Ran(s) => {
             let outcome = match (s.interrupted, s.failed, s.vanished + s.changed) {

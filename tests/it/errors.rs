@@ -707,3 +707,47 @@ fn a_directory_against_a_file_inside_a_merged_directory_fails_that_name_alone() 
     assert_eq!(fs::read(dst.join("sub/b")).unwrap(), b"b\n");
     assert_no_temp_files(&dst);
 }
+
+/// A file rewritten in place while it is copied, its mtime then put back (as `touch -r`,
+/// `cp -p` or `rsync --inplace` leave it): only its ctime tells, and the copy is not
+/// committed (exit 24). It used to be committed with the old data, which every later run's
+/// size-and-mtime check then took for up to date.
+#[test]
+fn a_file_rewritten_with_its_mtime_put_back_is_changed_not_committed() {
+    require_root!();
+    let tmp = tempdir();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let f = src.join("field.grib");
+    write_random_file(&f, 1 << 20, 13);
+    let rewrite = {
+        let f = f.clone();
+        move || {
+            use std::io::{Seek, SeekFrom, Write};
+            let mtime = fs::metadata(&f).unwrap().modified().unwrap();
+            let mut file = fs::OpenOptions::new().write(true).open(&f).unwrap();
+            file.seek(SeekFrom::Start(1000)).unwrap();
+            file.write_all(b"NEW DATA").unwrap();
+            file.set_modified(mtime).unwrap();
+        }
+    };
+    let dst = tmp.path().join("dst");
+    let Some(run) = run_held(
+        "copy_file_range,sendfile",
+        Held::After(Duration::from_secs(2)),
+        &src,
+        &dst,
+        Duration::from_secs(1),
+        rewrite,
+    ) else {
+        return;
+    };
+    run.assert_code(24);
+    assert!(run.stderr.contains("warning: changed:"), "{}", run.stderr);
+    assert!(!dst.join("field.grib").exists());
+    treecopy(args![&src, &dst]).assert_code(0);
+    assert_eq!(
+        fs::read(dst.join("field.grib")).unwrap(),
+        fs::read(&f).unwrap()
+    );
+}

@@ -672,6 +672,17 @@ fn a_locked_destination_refuses_a_second_run_and_wait_waits() {
     b.assert_code(3);
     assert!(b.stderr.contains("locked"), "stderr: {}", b.stderr);
 
+    // Stopped while it waits, a --wait run exits as interrupted (it used to exit 2).
+    let mut d = Proc::spawn(args!["--wait", &src, &dst]);
+    thread::sleep(Duration::from_millis(700));
+    d.signal(libc::SIGTERM);
+    let st = d.wait(Duration::from_secs(20));
+    assert_eq!(
+        st.code(),
+        Some(143),
+        "a waiting run stopped by SIGTERM: {st}"
+    );
+
     let mut c = Proc::spawn(args!["--wait", &src, &dst]);
     thread::sleep(Duration::from_millis(700));
     assert!(c.running(), "the --wait run did not wait for the lock");
@@ -1382,4 +1393,75 @@ fn a_dry_run_counts_a_sparse_files_data_like_the_run() {
     );
     assert_eq!(summary_fields(&dry).unwrap()["rate"], "0.0MiB/s");
     compare_trees(&src, &dst);
+}
+
+/// A hard-link group whose names are all new is listed alike by a dry run and the run into
+/// a new DST too: copied under its first name in path order, linked under the others.
+#[test]
+fn a_hard_link_group_copied_anew_is_listed_alike_by_a_dry_run() {
+    for round in 0..3 {
+        let (_tmp, src, dst) = src_dst();
+        for i in 0..10 {
+            put(&src, &format!("c/{i}"), format!("{i}\n").as_bytes());
+            for d in ["a", "b"] {
+                fs::create_dir_all(src.join(d)).unwrap();
+                fs::hard_link(src.join(format!("c/{i}")), src.join(format!("{d}/{i}"))).unwrap();
+            }
+        }
+        let dry = treecopy(args!["-n", "-i", &src, &dst]);
+        dry.assert_code(0);
+        let real = treecopy(args!["-i", &src, &dst]);
+        real.assert_code(0);
+        let want: BTreeSet<String> = (0..10)
+            .flat_map(|i| {
+                [
+                    format!(">f+++++++++ a/{i}"),
+                    format!("hf+++++++++ b/{i} => a/{i}"),
+                    format!("hf+++++++++ c/{i} => a/{i}"),
+                ]
+            })
+            .collect();
+        let files = |run: &Run| -> BTreeSet<String> {
+            itemized(run)
+                .into_iter()
+                .filter(|l| l.starts_with("hf") || l.starts_with(">f"))
+                .collect()
+        };
+        assert_eq!(files(&real), want, "round {round}");
+        assert_eq!(files(&dry), want, "round {round}: dry run");
+        compare_trees(&src, &dst);
+    }
+}
+
+/// With --ignore-existing (or -u and a newer copy), a name of a group that DST keeps as it is
+/// is not a copy of the source: a name new to DST gets the source's data, not a link to it.
+#[test]
+fn a_new_name_is_not_linked_to_a_copy_kept_by_ignore_existing() {
+    for flag in ["--ignore-existing", "-u"] {
+        let (_tmp, src, dst) = src_dst();
+        put(&src, "a/f", b"source data\n");
+        set_times(&src.join("a/f"), OLD, OLD);
+        fs::create_dir_all(src.join("b")).unwrap();
+        fs::hard_link(src.join("a/f"), src.join("b/g")).unwrap();
+        put(&dst, "a/f", b"kept, newer\n");
+        let run = treecopy(args!["-i", flag, &src, &dst]);
+        run.assert_code(0);
+        assert_eq!(
+            fs::read(dst.join("a/f")).unwrap(),
+            b"kept, newer\n",
+            "{flag}"
+        );
+        assert_eq!(
+            fs::read(dst.join("b/g")).unwrap(),
+            b"source data\n",
+            "{flag}"
+        );
+        let again = treecopy(args!["-i", flag, &src, &dst]);
+        again.assert_code(0);
+        assert_eq!(
+            again.stdout.trim(),
+            "",
+            "{flag}: the rerun changed something"
+        );
+    }
 }

@@ -118,6 +118,28 @@ fn interrupt_mid_copy(sig: libc::c_int, jobs: &str, seed: u64) {
                 );
             }
         }
+        // A directory under its final name got its metadata, even though the run stopped.
+        let mut published = vec![dst.clone()];
+        while let Some(dir) = published.pop() {
+            for entry in fs::read_dir(&dir).unwrap().flatten() {
+                let name = entry.file_name();
+                if !entry.file_type().unwrap().is_dir()
+                    || name.as_bytes().starts_with(TMP_PREFIX.as_bytes())
+                {
+                    continue;
+                }
+                let rel = entry.path().strip_prefix(&dst).unwrap().to_path_buf();
+                let want = fs::metadata(src.join(&rel)).unwrap().mode();
+                let got = entry.metadata().unwrap().mode();
+                assert_eq!(
+                    got,
+                    want,
+                    "{} has mode {got:o}, its source {want:o}",
+                    rel.display()
+                );
+                published.push(entry.path());
+            }
+        }
         let complete = assert_present_files_complete(&src, &dst);
         eprintln!(
             "interrupted with {complete} complete files in DST, {} directories staged",
