@@ -369,6 +369,9 @@ fn pull_entries(
 struct LinkTarget {
     dir: Arc<Location>,
     name: CString,
+    /// The device it is on: a name on another (a filesystem mounted inside DST) cannot be
+    /// linked to it.
+    dev: u64,
     /// A dry run would have written the first name anew: the other names, though still
     /// linked to the old copy, would be relinked.
     rewritten_by_dry_run: bool,
@@ -1753,10 +1756,22 @@ impl Engine {
         match claim {
             Claim::PutOff | Claim::AllNew(_) => unreachable!("only put_off puts names off"),
             Claim::First(first) => Ok(LinkStep::Copy(Some(first))),
+            // On another filesystem than the group's copy (one mounted inside DST): a copy of
+            // its own there, as cp -a makes.
+            Claim::LinkTo(existing) if existing.dev != at.dir.dst_dev => Ok(LinkStep::Copy(None)),
             Claim::LinkTo(existing) => {
-                if old.is_some() && self.policy_in(at.dir).ignore_existing {
-                    self.rep.skipped(0);
-                } else if self.link_file(at, &existing, old)? {
+                let linked = if old.is_some() && self.policy_in(at.dir).ignore_existing {
+                    Ok(false)
+                } else {
+                    match self.link_file(at, &existing, old) {
+                        // A bind mount of the same filesystem: the same device, another mount.
+                        Err(e) if e.source.raw_os_error() == Some(libc::EXDEV) => {
+                            return Ok(LinkStep::Copy(None));
+                        }
+                        linked => linked,
+                    }
+                };
+                if linked? {
                     let existing = existing.path();
                     let target = self
                         .dst_root
@@ -2007,6 +2022,7 @@ impl At<'_, '_> {
         LinkTarget {
             dir: Arc::clone(&self.dir.dst_loc),
             name: self.dst_name.to_owned(),
+            dev: self.dir.dst_dev,
             rewritten_by_dry_run: false,
         }
     }

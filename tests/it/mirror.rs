@@ -1465,3 +1465,33 @@ fn a_new_name_is_not_linked_to_a_copy_kept_by_ignore_existing() {
         );
     }
 }
+
+/// A hard-link group with a name on a filesystem mounted inside DST: that name gets a copy of
+/// its own there (as cp -a gives it), a dry run says so, and a rerun converges. It used to
+/// fail with EXDEV on every run.
+#[test]
+fn a_hard_link_across_a_mount_inside_the_destination_is_copied() {
+    require_root!();
+    let (_tmp, src, dst) = src_dst();
+    put(&src, "a/f", b"group\n");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::hard_link(src.join("a/f"), src.join("sub/g")).unwrap();
+    fs::create_dir_all(dst.join("sub")).unwrap();
+    let _mount = skip_unless!(Mount::tmpfs(&dst.join("sub"), "1m"));
+    let dry = treecopy(args!["-n", "-i", &src, &dst]);
+    dry.assert_code(0);
+    let run = treecopy(args!["-i", &src, &dst]);
+    run.assert_code(0);
+    let files = |run: &Run| -> BTreeSet<String> {
+        itemized(run)
+            .into_iter()
+            .filter(|l| l.starts_with("hf") || l.starts_with(">f"))
+            .collect()
+    };
+    assert_eq!(files(&run), set_of(">f+++++++++ a/f|>f+++++++++ sub/g"));
+    assert_eq!(files(&dry), files(&run), "dry run");
+    assert_eq!(fs::read(dst.join("sub/g")).unwrap(), b"group\n");
+    let again = treecopy(args!["-i", &src, &dst]);
+    again.assert_code(0);
+    assert!(files(&again).is_empty(), "{:?}", itemized(&again));
+}
