@@ -23,7 +23,8 @@ directory and renamed over its final name only when complete, with its mode, own
 and nanosecond times set; a new directory is filled under such a name and renamed into place
 once the files in it are complete. Readers never see a half-written file. Entries of SRC
 with such names (another run's unfinished work, if SRC is itself being written by treecopy)
-and SRC's top-level .treecopy.lock are not copied; they are counted as excluded.
+and .treecopy.lock files (another run's lock) are not copied; they are counted as excluded.
+--delete leaves lock files in DST alone.
 
 Runs are incremental: an entry of DST with the same type, size and modification time as
 its source is not copied again (only differing owner, mode, times or xattrs are fixed in

@@ -827,17 +827,17 @@ impl Engine {
                 )));
             }
         };
-        let is_root = dir.parent.is_none();
         // The destination's own names: which entries exist (so new ones need no lstat), and
         // what is left over for --delete once the source's names are taken out.
         let mut adoptable = HashMap::new();
         let mut dst_names = match (dst_existed, dir.dst()) {
-            (true, Some(dst)) => self.destination_names(&dir, dst, is_root, &mut adoptable),
+            (true, Some(dst)) => self.destination_names(&dir, dst, &mut adoptable),
             _ => Some(HashMap::new()),
         };
         let mut others = Vec::with_capacity(listing.len());
         for (name, kind) in listing {
-            if temp_owner(name.to_bytes()).is_some() || (is_root && name.as_c_str() == LOCK_NAME) {
+            // Lock files at any depth: another run's, into that directory as its DST.
+            if temp_owner(name.to_bytes()).is_some() || name.as_c_str() == LOCK_NAME {
                 // Another run's unfinished entry (SRC is being written by treecopy): never a
                 // complete file.
                 self.rep.excluded();
@@ -941,7 +941,6 @@ impl Engine {
         &self,
         dir: &DirPair,
         dst: BorrowedFd<'_>,
-        is_root: bool,
         adoptable: &mut HashMap<StagedFor, CString>,
     ) -> Option<HashMap<CString, Option<Kind>>> {
         let listing = match sys::list_dir(dst) {
@@ -982,8 +981,7 @@ impl Engine {
             listing
                 .into_iter()
                 .filter(|(name, _)| {
-                    temp_owner(name.to_bytes()).is_none()
-                        && !(is_root && name.as_c_str() == LOCK_NAME)
+                    temp_owner(name.to_bytes()).is_none() && name.as_c_str() != LOCK_NAME
                 })
                 .collect(),
         )

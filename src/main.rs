@@ -94,17 +94,41 @@ fn emit_report(cfg: &Config, ending: &Ending<'_>, started: f64) -> bool {
 /// is there (a FIFO, a device), which is left to the write.
 fn check_report_target(path: &Path) -> io::Result<()> {
     use nix::unistd::{AccessFlags, access};
-    let target = match fs::metadata(path) {
+    use std::os::unix::fs::MetadataExt;
+    let (target, old) = match fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => return Err(io::Error::from_raw_os_error(libc::EISDIR)),
         Ok(meta) if !meta.file_type().is_file() => return Ok(()),
-        Ok(_) => fs::canonicalize(path)?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => path.to_path_buf(),
+        Ok(meta) => {
+            // Opened to append, which changes nothing: a file nobody may write (procfs).
+            fs::OpenOptions::new().append(true).open(path)?;
+            (fs::canonicalize(path)?, Some(meta))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => (path.to_path_buf(), None),
         Err(e) => return Err(e),
     };
     let dir = match target.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    access(dir, AccessFlags::W_OK | AccessFlags::X_OK).map_err(io::Error::from)
+    access(dir, AccessFlags::W_OK | AccessFlags::X_OK).map_err(io::Error::from)?;
+    // The temp file the report is written to, made and removed: a directory that takes no
+    // new files (procfs, a read-only mount) says so now.
+    let (file, temp) = create_temp_beside(&target)?;
+    drop(file);
+    let _ = fs::remove_file(&temp);
+    // In a sticky directory (/tmp) only the file's or the directory's owner may rename over
+    // the file.
+    let euid = nix::unistd::geteuid().as_raw();
+    let dir_meta = fs::metadata(dir)?;
+    if let Some(old) = old
+        && dir_meta.mode() & libc::S_ISVTX != 0
+        && euid != 0
+        && old.uid() != euid
+        && dir_meta.uid() != euid
+    {
+        return Err(io::Error::from_raw_os_error(libc::EPERM));
+    }
+    Ok(())
 }
 
 /// Writes the report file. A regular file (or a new one) is written whole under a fresh temp

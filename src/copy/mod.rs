@@ -321,6 +321,10 @@ pub fn copy(cache: &DeviceCache, job: &Job<'_>, rep: &Reporter) -> EntryResult<(
     };
     let trusted = job.size_trusted();
     if job.sparse(trusted) {
+        // The final size first: data written past the end of file makes XFS preallocate
+        // beyond it, and extending the size later would keep those blocks inside the file.
+        sys::set_len(job.dst, job.size)
+            .map_err(|e| EntryError::new("truncate", job.dst_path, e))?;
         match job
             .parallel
             .then(|| run.data_pieces())

@@ -898,6 +898,12 @@ fn report_file_is_written_whole_or_the_run_fails() {
         !dst.exists(),
         "copied although the report cannot be written"
     );
+    // A directory, and a file in a directory that takes no new files, are refused alike.
+    for path in [tmp.path(), Path::new("/proc/version")] {
+        let run = treecopy(args!["--report", path, &src, &dst]);
+        run.assert_code(2);
+        assert!(!dst.exists(), "--report {}: copied", path.display());
+    }
     let report = tmp.path().join("report.json");
     treecopy(args!["--report", &report, &src, &dst]).assert_code(0);
     let text = fs::read_to_string(&report).unwrap();
@@ -1494,4 +1500,26 @@ fn a_hard_link_across_a_mount_inside_the_destination_is_copied() {
     let again = treecopy(args!["-i", &src, &dst]);
     again.assert_code(0);
     assert!(files(&again).is_empty(), "{:?}", itemized(&again));
+}
+
+/// A `.treecopy.lock` below DST's root is another run's lock (its DST is that directory):
+/// --delete leaves it, and one in SRC is not copied (counted as excluded).
+#[test]
+fn lock_files_at_any_depth_are_neither_deleted_nor_copied() {
+    let (_tmp, src, dst) = src_dst();
+    put(&src, "sub/f", b"f\n");
+    put(&src, "other/.treecopy.lock", b"12345\n");
+    treecopy(args!["-q", &src, &dst]).assert_code(0);
+    assert!(
+        !dst.join("other/.treecopy.lock").exists(),
+        "a lock file was copied"
+    );
+    put(&dst, "sub/.treecopy.lock", b"99999\n");
+    let run = treecopy(args!["-i", "--delete", &src, &dst]);
+    run.assert_code(0);
+    assert!(
+        dst.join("sub/.treecopy.lock").exists(),
+        "another run's lock was deleted"
+    );
+    assert_eq!(summary_fields(&run).unwrap()["excluded"], "1");
 }
