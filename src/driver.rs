@@ -1654,6 +1654,15 @@ impl Engine {
         // --inplace) still moves it, and a copy of the old data would then pass every later
         // run's size-and-mtime check.
         if (after.size, after.mtime, after.ctime) != (st.size, st.mtime, st.ctime) {
+            // Deleted meanwhile (its link count moved its ctime): vanished, as it would be had
+            // the open come later.
+            if after.nlink == 0 {
+                return Err(EntryError::of_source(
+                    "copy",
+                    src_path,
+                    nix::errno::Errno::ENOENT,
+                ));
+            }
             return Err(EntryError::changed_while_copied(src_path));
         }
         self.rep.verbose(|| {

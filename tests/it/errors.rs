@@ -751,3 +751,40 @@ fn a_file_rewritten_with_its_mtime_put_back_is_changed_not_committed() {
         fs::read(&f).unwrap()
     );
 }
+
+/// A file deleted while it is copied (its link count, so its ctime, moves) is vanished, not
+/// changed: exit 24, and nothing committed under its name.
+#[test]
+fn a_file_deleted_while_copied_is_vanished() {
+    require_root!();
+    let tmp = tempdir();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let f = src.join("gone.grib");
+    write_random_file(&f, 1 << 20, 14);
+    let delete = {
+        let f = f.clone();
+        move || fs::remove_file(&f).unwrap()
+    };
+    let dst = tmp.path().join("dst");
+    let Some(run) = run_held(
+        "copy_file_range,sendfile",
+        Held::After(Duration::from_secs(2)),
+        &src,
+        &dst,
+        Duration::from_secs(1),
+        delete,
+    ) else {
+        return;
+    };
+    run.assert_code(24);
+    let fields = summary_fields(&run).expect("a summary line");
+    assert_eq!(
+        (fields["vanished"].as_str(), fields["changed"].as_str()),
+        ("1", "0"),
+        "{}",
+        run.stderr
+    );
+    assert!(!dst.join("gone.grib").exists());
+    assert_no_temp_files(&dst);
+}
