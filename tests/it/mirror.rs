@@ -1142,6 +1142,14 @@ fn dry_run_lists_the_relinks_of_a_rewritten_hard_link_group() {
     compare_trees(&src, &dst);
 }
 
+/// `run`'s itemized lines of hard links and file copies.
+fn file_lines(run: &Run) -> BTreeSet<String> {
+    itemized(run)
+        .into_iter()
+        .filter(|l| l.starts_with("hf") || l.starts_with(">f"))
+        .collect()
+}
+
 /// The names of `run`'s itemized lines of hard links and file copies, with their kind (`hf` or
 /// `>f`), without the first name a link points to (which name of an up-to-date group the walk
 /// reached first).
@@ -1247,14 +1255,8 @@ fn a_hard_link_group_new_to_an_existing_destination_is_listed_alike_by_a_dry_run
             ]
         })
         .collect();
-    let files = |run: &Run| -> BTreeSet<String> {
-        itemized(run)
-            .into_iter()
-            .filter(|l| l.starts_with("hf") || l.starts_with(">f"))
-            .collect()
-    };
-    assert_eq!(files(&real), want);
-    assert_eq!(files(&dry), want, "dry run");
+    assert_eq!(file_lines(&real), want);
+    assert_eq!(file_lines(&dry), want, "dry run");
     for i in 0..20 {
         let ino = fs::metadata(dst.join(format!("w/{i}"))).unwrap().ino();
         for rel in [format!("x/{i}"), format!("x/{i}b")] {
@@ -1427,14 +1429,8 @@ fn a_hard_link_group_copied_anew_is_listed_alike_by_a_dry_run() {
                 ]
             })
             .collect();
-        let files = |run: &Run| -> BTreeSet<String> {
-            itemized(run)
-                .into_iter()
-                .filter(|l| l.starts_with("hf") || l.starts_with(">f"))
-                .collect()
-        };
-        assert_eq!(files(&real), want, "round {round}");
-        assert_eq!(files(&dry), want, "round {round}: dry run");
+        assert_eq!(file_lines(&real), want, "round {round}");
+        assert_eq!(file_lines(&dry), want, "round {round}: dry run");
         compare_trees(&src, &dst);
     }
 }
@@ -1488,18 +1484,15 @@ fn a_hard_link_across_a_mount_inside_the_destination_is_copied() {
     dry.assert_code(0);
     let run = treecopy(args!["-i", &src, &dst]);
     run.assert_code(0);
-    let files = |run: &Run| -> BTreeSet<String> {
-        itemized(run)
-            .into_iter()
-            .filter(|l| l.starts_with("hf") || l.starts_with(">f"))
-            .collect()
-    };
-    assert_eq!(files(&run), set_of(">f+++++++++ a/f|>f+++++++++ sub/g"));
-    assert_eq!(files(&dry), files(&run), "dry run");
+    assert_eq!(
+        file_lines(&run),
+        set_of(">f+++++++++ a/f|>f+++++++++ sub/g")
+    );
+    assert_eq!(file_lines(&dry), file_lines(&run), "dry run");
     assert_eq!(fs::read(dst.join("sub/g")).unwrap(), b"group\n");
     let again = treecopy(args!["-i", &src, &dst]);
     again.assert_code(0);
-    assert!(files(&again).is_empty(), "{:?}", itemized(&again));
+    assert!(file_lines(&again).is_empty(), "{:?}", itemized(&again));
 }
 
 /// A `.treecopy.lock` below DST's root is another run's lock (its DST is that directory):
