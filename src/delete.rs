@@ -14,7 +14,7 @@ pub struct Doomed<'a> {
     /// Relative to the destination root.
     pub rel: &'a Path,
     pub mode: u32,
-    /// (st_dev, st_ino) of a non-directory: its link count drops by one.
+    /// (st_dev, st_ino) of a non-directory with other names: their link count drops by one.
     pub inode: Option<(u64, u64)>,
 }
 
@@ -150,7 +150,7 @@ impl Removal<'_> {
         let doomed = Doomed {
             rel,
             mode: st.mode,
-            inode: Some((st.dev, st.ino)),
+            inode: (st.nlink > 1).then_some((st.dev, st.ino)),
         };
         if !(self.visit)(&doomed) {
             return Err(Stop::Budget);

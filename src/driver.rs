@@ -15,11 +15,6 @@ use crate::delta::{self, Change, MetaDiff, Policy, Verdict};
 use crate::error::{Context, EntryError, EntryResult, shown};
 use crate::filter::Filter;
 use crate::links::{Claim, First, HardLinks};
-
-/// The hard-link groups of one run.
-type Links<'e> = HardLinks<LinkTarget, PutOff<'e>>;
-/// The duty of copying a hard-link group's first name.
-type Group<'a, 'e> = First<'a, LinkTarget, PutOff<'e>>;
 use crate::lock::LOCK_NAME;
 use crate::meta::{Applied, Created, MetaError, Node, Preserver};
 use crate::report::Reporter;
@@ -34,6 +29,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, TryLockError};
+
+/// The hard-link groups of one run.
+type Links<'e> = HardLinks<LinkTarget, PutOff<'e>>;
+/// The duty of copying a hard-link group's first name.
+type Group<'a, 'e> = First<'a, LinkTarget, PutOff<'e>>;
 
 /// A directory being copied: open handles on both sides, shared by the tasks of its entries
 /// and of its subdirectories. When the last of them is done the pair is dropped, and its drop
@@ -416,8 +416,8 @@ pub struct Engine {
     /// network filesystems a create is a round trip and stays parallel. Taken by
     /// `lock_create`, which polls before it sleeps.
     create_lock: Mutex<()>,
-    /// In a dry run, the names --delete would have removed from each destination inode
-    /// (st_dev, st_ino) so far: the link counts the run would then see.
+    /// In a dry run, the names the run would have taken (deleted or rewritten) from each
+    /// destination inode (st_dev, st_ino) so far: the link counts it would then see.
     dry_unlinked: Mutex<HashMap<(u64, u64), u64>>,
     /// Destination devices already warned about refusing xattrs.
     xattrs_refused_on: Mutex<HashSet<u64>>,
@@ -1055,8 +1055,8 @@ impl Engine {
             true
         };
         let removed = |doomed: &Doomed<'_>| {
-            if let (true, Some(inode)) = (self.opts.dry_run, doomed.inode) {
-                *lock_map(&self.dry_unlinked).entry(inode).or_default() += 1;
+            if let Some(inode) = doomed.inode {
+                self.dry_unlink(inode);
             }
             self.rep
                 .itemize(Change::Deleted, doomed.mode, doomed.rel, None);
@@ -1498,9 +1498,7 @@ impl Engine {
             if let Write::Over { old, .. } = &how
                 && old.nlink > 1
             {
-                *lock_map(&self.dry_unlinked)
-                    .entry((old.dev, old.ino))
-                    .or_default() += 1;
+                self.dry_unlink((old.dev, old.ino));
             }
             self.rep.itemize(change, st.mode, &at.rel(), None);
             self.rep.done_file(data_bytes(&st));
@@ -1750,12 +1748,12 @@ impl Engine {
                     name: at.dst_name.to_owned(),
                 };
                 match links.put_off(key, st.nlink, name) {
-                    (Claim::PutOff, _) => return Ok(LinkStep::Done),
-                    (Claim::AllNew(names), _) => {
+                    Claim::PutOff => return Ok(LinkStep::Done),
+                    Claim::AllNew(names) => {
                         self.claim_in_order(names);
                         return Ok(LinkStep::Done);
                     }
-                    (claim, _) => claim,
+                    claim => claim,
                 }
             }
             _ => links.claim(key, st.nlink),
@@ -1809,8 +1807,16 @@ impl Engine {
         }
     }
 
-    /// A destination entry's link count, less the names a dry run's --delete would have
-    /// removed by now.
+    /// In a dry run, notes that the run would take a name from the destination inode
+    /// (st_dev, st_ino), by deleting or rewriting it.
+    fn dry_unlink(&self, inode: (u64, u64)) {
+        if self.opts.dry_run {
+            *lock_map(&self.dry_unlinked).entry(inode).or_default() += 1;
+        }
+    }
+
+    /// A destination entry's link count, less the names a dry run would have taken from it
+    /// by now (`dry_unlink`).
     fn links_of(&self, old: &Stat) -> u64 {
         if !self.opts.dry_run {
             return old.nlink;

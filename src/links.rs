@@ -71,29 +71,25 @@ impl<T: Clone, D> HardLinks<T, D> {
     /// name is being copied: that copy is already running on another worker and needs nothing
     /// from this one, so waiting cannot deadlock.
     pub fn claim(&self, key: InodeKey, nlink: u64) -> Claim<'_, T, D> {
-        match self.enter(key, nlink, None) {
-            Ok(claim) => claim,
-            Err(_) => unreachable!("only a name offered to be put off is handed back"),
-        }
+        self.enter(key, nlink, None).0
     }
 
     /// Claims a name new to the destination, which the group keeps (`Claim::PutOff`) unless
-    /// it is settled already or this is its last name. On any other answer `name` is handed
-    /// back with it.
-    pub fn put_off(&self, key: InodeKey, nlink: u64, name: D) -> (Claim<'_, T, D>, Option<D>) {
-        match self.enter(key, nlink, Some(name)) {
-            Ok(claim) => (claim, None),
-            Err((claim, name)) => (claim, Some(name)),
-        }
+    /// it is settled already or this is its last name.
+    pub fn put_off(&self, key: InodeKey, nlink: u64, name: D) -> Claim<'_, T, D> {
+        // A name the group did not keep is dropped here, out of the lock: dropping it may
+        // finish (or publish) its directory.
+        let (claim, _not_kept) = self.enter(key, nlink, Some(name));
+        claim
     }
 
-    #[allow(clippy::type_complexity)]
+    /// Claims a name; `put_off` is handed back unless the group kept it.
     fn enter(
         &self,
         key: InodeKey,
         nlink: u64,
         mut put_off: Option<D>,
-    ) -> Result<Claim<'_, T, D>, (Claim<'_, T, D>, D)> {
+    ) -> (Claim<'_, T, D>, Option<D>) {
         let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
         let claim = loop {
             match groups.get_mut(&key) {
@@ -106,7 +102,7 @@ impl<T: Clone, D> HardLinks<T, D> {
                                 seen: 1,
                             },
                         );
-                        return Ok(Claim::PutOff);
+                        return (Claim::PutOff, None);
                     }
                     name => {
                         put_off = name;
@@ -119,11 +115,11 @@ impl<T: Clone, D> HardLinks<T, D> {
                         names.push(name);
                         *seen += 1;
                         if *seen < nlink {
-                            return Ok(Claim::PutOff);
+                            return (Claim::PutOff, None);
                         }
                         let names = std::mem::take(names);
                         groups.remove(&key);
-                        return Ok(Claim::AllNew(names));
+                        return (Claim::AllNew(names), None);
                     }
                     // A name that is in the destination decides.
                     let names = std::mem::take(names);
@@ -151,10 +147,7 @@ impl<T: Clone, D> HardLinks<T, D> {
                 }
             }
         };
-        match put_off {
-            Some(name) => Err((claim, name)),
-            None => Ok(claim),
-        }
+        (claim, put_off)
     }
 
     /// At the end of the walk: the groups still only put off (their other names are outside
@@ -308,38 +301,28 @@ mod tests {
     #[test]
     fn put_off_names_wait_for_a_name_the_destination_has() {
         let links = HardLinks::<PathBuf, &str>::default();
-        assert!(matches!(
-            links.put_off((3, 1), 3, "new1"),
-            (Claim::PutOff, None)
-        ));
+        assert!(matches!(links.put_off((3, 1), 3, "new1"), Claim::PutOff));
         let Claim::First(first) = links.claim((3, 1), 3) else {
             panic!("a name in the destination decides");
         };
         assert_eq!(first.committed(PathBuf::from("/d/old")), vec!["new1"]);
         // Claimed again, the put-off name links, as does the last one.
         assert!(matches!(links.claim((3, 1), 3), Claim::LinkTo(_)));
-        let (claim, back) = links.put_off((3, 1), 3, "new2");
-        assert!(matches!(claim, Claim::LinkTo(_)) && back == Some("new2"));
+        assert!(matches!(links.put_off((3, 1), 3, "new2"), Claim::LinkTo(_)));
         assert!(links.groups.lock().unwrap().is_empty());
     }
 
     #[test]
     fn a_group_of_new_names_is_handed_back_whole_by_its_last_name() {
         let links = HardLinks::<PathBuf, &str>::default();
-        assert!(matches!(
-            links.put_off((4, 1), 2, "a"),
-            (Claim::PutOff, None)
-        ));
+        assert!(matches!(links.put_off((4, 1), 2, "a"), Claim::PutOff));
         match links.put_off((4, 1), 2, "b") {
-            (Claim::AllNew(names), None) => assert_eq!(names, vec!["a", "b"]),
+            Claim::AllNew(names) => assert_eq!(names, vec!["a", "b"]),
             _ => panic!("the last new name hands the group back"),
         }
         assert!(links.groups.lock().unwrap().is_empty());
         // A group with names outside the tree is handed back at the end of the walk.
-        assert!(matches!(
-            links.put_off((4, 2), 5, "c"),
-            (Claim::PutOff, None)
-        ));
+        assert!(matches!(links.put_off((4, 2), 5, "c"), Claim::PutOff));
         assert_eq!(links.take_put_off(), vec![vec!["c"]]);
         assert!(links.groups.lock().unwrap().is_empty());
     }
@@ -347,10 +330,7 @@ mod tests {
     #[test]
     fn put_off_names_of_a_failed_group_are_handed_back_and_fail() {
         let links = HardLinks::<PathBuf, &str>::default();
-        assert!(matches!(
-            links.put_off((5, 1), 3, "new"),
-            (Claim::PutOff, None)
-        ));
+        assert!(matches!(links.put_off((5, 1), 3, "new"), Claim::PutOff));
         match links.claim((5, 1), 3) {
             Claim::First(first) => drop(first),
             _ => panic!("a name in the destination decides"),

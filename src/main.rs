@@ -89,35 +89,55 @@ fn emit_report(cfg: &Config, ending: &Ending<'_>, started: f64) -> bool {
     true
 }
 
-/// Whether the report can be written where --report says: into a missing or regular file
-/// (by a temp file in its directory, which must exist and be writable), or into whatever else
-/// is there (a FIFO, a device), which is left to the write.
-fn check_report_target(path: &Path) -> io::Result<()> {
-    use nix::unistd::{AccessFlags, access};
-    use std::os::unix::fs::MetadataExt;
-    let (target, old) = match fs::metadata(path) {
-        Ok(meta) if meta.is_dir() => return Err(io::Error::from_raw_os_error(libc::EISDIR)),
-        Ok(meta) if !meta.file_type().is_file() => return Ok(()),
-        Ok(meta) => {
-            // Opened to append, which changes nothing: a file nobody may write (procfs).
-            fs::OpenOptions::new().append(true).open(path)?;
-            (fs::canonicalize(path)?, Some(meta))
+/// Where --report FILE puts the report.
+enum ReportTarget {
+    /// Written whole under a temp name beside this path (FILE, or where its symlink points)
+    /// and renamed over it; the metadata of the file it replaces, if any.
+    Replace(PathBuf, Option<fs::Metadata>),
+    /// Written into as it is: a FIFO, a device, or a dangling symlink (written through, as a
+    /// shell redirection would).
+    Into,
+}
+
+fn report_target(path: &Path) -> io::Result<ReportTarget> {
+    match fs::metadata(path) {
+        Ok(meta) if !meta.file_type().is_file() => Ok(ReportTarget::Into),
+        Ok(meta) => Ok(ReportTarget::Replace(fs::canonicalize(path)?, Some(meta))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && path.is_symlink() => {
+            Ok(ReportTarget::Into)
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => (path.to_path_buf(), None),
-        Err(e) => return Err(e),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Ok(ReportTarget::Replace(path.to_path_buf(), None))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the report can be written where --report says: a file is replaced by way of a
+/// temp file in its directory, which is made and removed here; a directory is refused; what
+/// else is there (a FIFO, a device) is left to the write.
+fn check_report_target(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if path.is_dir() {
+        return Err(io::Error::from_raw_os_error(libc::EISDIR));
+    }
+    let ReportTarget::Replace(target, old) = report_target(path)? else {
+        return Ok(());
     };
-    let dir = match target.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    access(dir, AccessFlags::W_OK | AccessFlags::X_OK).map_err(io::Error::from)?;
-    // The temp file the report is written to, made and removed: a directory that takes no
-    // new files (procfs, a read-only mount) says so now.
+    if old.is_some() {
+        // Opened to append, which changes nothing: a file nobody may write (procfs).
+        fs::OpenOptions::new().append(true).open(path)?;
+    }
+    // A directory that takes no new files (procfs, a read-only mount) says so now.
     let (file, temp) = create_temp_beside(&target)?;
     drop(file);
     let _ = fs::remove_file(&temp);
     // In a sticky directory (/tmp) only the file's or the directory's owner may rename over
     // the file.
+    let dir = match target.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
     let euid = nix::unistd::geteuid().as_raw();
     let dir_meta = fs::metadata(dir)?;
     if let Some(old) = old
@@ -136,21 +156,17 @@ fn check_report_target(path: &Path) -> io::Result<()> {
 /// followed, so the link stays and its target is replaced. Anything else (a FIFO, /dev/stdout,
 /// a device) is written into as it is: replacing it would break the reader or the system.
 fn write_report(path: &Path, text: &[u8]) -> io::Result<()> {
-    let (target, old) = match fs::metadata(path) {
+    let (target, old) = match report_target(path)? {
+        ReportTarget::Replace(target, old) => (target, old),
         // A directory or a socket refuses the open with the OS's own error.
-        Ok(meta) if !meta.file_type().is_file() => {
+        ReportTarget::Into => {
             return fs::OpenOptions::new()
                 .write(true)
+                .create(true)
+                .truncate(false)
                 .open(path)?
                 .write_all(text);
         }
-        Ok(meta) => (fs::canonicalize(path)?, Some(meta)),
-        // A dangling symlink: written through, as a shell redirection would.
-        Err(e) if e.kind() == io::ErrorKind::NotFound && path.is_symlink() => {
-            return fs::write(path, text);
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => (path.to_path_buf(), None),
-        Err(e) => return Err(e),
     };
     let (mut file, temp) = create_temp_beside(&target)?;
     // A report replacing an older one keeps its mode and owner: a private log stays private.

@@ -266,7 +266,7 @@ pub fn mkdir_at(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
 }
 
 pub fn rename_at(dir: BorrowedFd<'_>, from: &CStr, to: &CStr) -> io::Result<()> {
-    Ok(nix::fcntl::renameat(dir, from, dir, to)?)
+    rename_across_to(dir, from, dir, to)
 }
 
 /// Renames `from` in `from_dir` to `to` in `to_dir`, replacing a non-directory or an empty

@@ -356,19 +356,10 @@ impl Copy<'_, '_> {
     /// holes stay holes whichever method moves the data.
     fn copy_data_extents(&mut self) -> EntryResult<()> {
         let job = self.job;
-        let mut offset = 0;
-        while offset < job.size {
-            let Some((start, end)) = sys::next_data(job.src, offset, job.size)
-                .map_err(|e| EntryError::of_source("seek", job.src_path, e))?
-            else {
-                break;
-            };
-            if (offset, start, end) == (0, 0, job.size) && job.reflink != Reflink::Always {
-                // The allocation says holes, the extent map says all data: the filesystem
-                // does not report holes. Find them by their zeros.
-                self.skip_zeros = true;
-                self.probe.take();
-                self.method = Method::ReadWrite;
+        for extent in data_extents(job) {
+            let (start, end) = extent?;
+            if (start, end) == (0, job.size) {
+                self.find_holes_by_zeros();
             }
             sys::seek_to(job.src, start)
                 .map_err(|e| EntryError::of_source("seek", job.src_path, e))?;
@@ -377,42 +368,39 @@ impl Copy<'_, '_> {
                 want: Some(end - start),
                 done: 0,
             })?;
-            offset = end;
         }
         Ok(())
     }
 
+    /// The allocation says holes, the extent map says all data: the filesystem does not
+    /// report holes (FUSE, NFSv3). They are found by their zeros, through read/write.
+    fn find_holes_by_zeros(&mut self) {
+        self.skip_zeros = true;
+        self.probe.take();
+        self.method = Method::ReadWrite;
+    }
+
     /// The data of a large sparse source, in pieces for `copy_in_chunks`; None when it is too
     /// small to be worth chunks, or its extents too many to hold (then one stream copies it).
-    /// Where the filesystem reports no holes (FUSE, NFSv3), the whole file, its zero blocks
-    /// to be left as holes.
+    /// Where the filesystem reports no holes, the whole file, its zero blocks to be left as
+    /// holes.
     fn data_pieces(&mut self) -> EntryResult<Option<Vec<(u64, u64)>>> {
         const MAX_EXTENTS: usize = 1 << 16;
         let job = self.job;
-        let (mut extents, mut offset, mut data) = (Vec::new(), 0, 0);
-        while offset < job.size {
-            let Some((start, end)) = sys::next_data(job.src, offset, job.size)
-                .map_err(|e| EntryError::of_source("seek", job.src_path, e))?
-            else {
-                break;
-            };
+        let (mut extents, mut data) = (Vec::new(), 0);
+        for extent in data_extents(job) {
             if extents.len() == MAX_EXTENTS {
                 return Ok(None);
             }
+            let (start, end) = extent?;
             extents.push((start, end));
             data += end - start;
-            offset = end;
         }
         if data < PARALLEL_FROM {
             return Ok(None);
         }
         if extents == [(0, job.size)] {
-            if job.reflink == Reflink::Always {
-                return Ok(None);
-            }
-            self.skip_zeros = true;
-            self.probe.take();
-            self.method = Method::ReadWrite;
+            self.find_holes_by_zeros();
         }
         Ok(Some(
             extents
@@ -689,6 +677,28 @@ impl Copy<'_, '_> {
             }
         })
     }
+}
+
+/// The source's data extents (start, end), in order, as SEEK_DATA/SEEK_HOLE report them.
+/// (--reflink=always never gets here: it clones the whole file.)
+fn data_extents<'j>(job: &'j Job<'j>) -> impl Iterator<Item = EntryResult<(u64, u64)>> + 'j {
+    let mut offset = 0;
+    std::iter::from_fn(move || {
+        if offset >= job.size {
+            return None;
+        }
+        match sys::next_data(job.src, offset, job.size) {
+            Ok(Some((start, end))) => {
+                offset = end;
+                Some(Ok((start, end)))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                offset = job.size;
+                Some(Err(EntryError::of_source("seek", job.src_path, e)))
+            }
+        }
+    })
 }
 
 /// `start..end` in pieces of at most PARALLEL_CHUNK.

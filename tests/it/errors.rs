@@ -311,15 +311,18 @@ fn directories_deleted_during_the_copy_are_vanished_not_failed() {
     tree.check_copy(&run, &dst);
 }
 
+/// The calls that move a file's data, and those that rename: where `run_held` holds a run.
+const DATA_COPY: &str = "copy_file_range,sendfile";
+const RENAME: &str = "renameat2,rename,renameat";
+
 /// Runs `treecopy -j1 SRC DST` under strace, which holds it for `hold` after its first call
 /// of one of `syscalls` returns (or, `Before`, when it is made), while `meanwhile` runs
-/// `after` into that pause. None (the test skips) without strace.
+/// halfway into that pause. None (the test skips) without strace.
 fn run_held(
     syscalls: &str,
     hold: Held,
     src: &Path,
     dst: &Path,
-    after: Duration,
     meanwhile: impl FnOnce() + Send + 'static,
 ) -> Option<Run> {
     if !have("strace") {
@@ -339,6 +342,7 @@ fn run_held(
         .args([bin(), "-j1"])
         .arg(src)
         .arg(dst);
+    let after = hold.time() / 2;
     let other = std::thread::spawn(move || {
         std::thread::sleep(after);
         meanwhile();
@@ -401,7 +405,6 @@ fn a_special_file_replaced_after_the_listing_fails_and_empties_nothing() {
         Held::After(Duration::from_secs(3)),
         &src,
         &dst,
-        Duration::from_millis(1500),
         swap,
     ) else {
         return;
@@ -474,15 +477,7 @@ fn a_file_written_to_while_it_is_copied_is_not_committed() {
     let dst = tmp.path().join("dst");
     let writer = append(&src.join("growing.bin"), b"the producer's last words");
     let hold = Duration::from_secs(2);
-    let after = Duration::from_secs(1);
-    let Some(run) = run_held(
-        "copy_file_range,sendfile",
-        Held::After(hold),
-        &src,
-        &dst,
-        after,
-        writer,
-    ) else {
+    let Some(run) = run_held(DATA_COPY, Held::After(hold), &src, &dst, writer) else {
         return;
     };
     run.assert_code(24);
@@ -520,15 +515,7 @@ fn a_hard_linked_file_written_to_while_copied_is_changed_under_every_name() {
     let dst = tmp.path().join("dst");
     let writer = append(&src.join("a/h1"), b"more");
     let hold = Duration::from_secs(2);
-    let after = Duration::from_secs(1);
-    let Some(run) = run_held(
-        "copy_file_range,sendfile",
-        Held::After(hold),
-        &src,
-        &dst,
-        after,
-        writer,
-    ) else {
+    let Some(run) = run_held(DATA_COPY, Held::After(hold), &src, &dst, writer) else {
         return;
     };
     run.assert_code(24);
@@ -560,11 +547,10 @@ fn a_run_killed_before_publishing_a_directory_leaves_it_for_the_next_run() {
     let dst = tmp.path().join("dst");
     let kill = signal_treecopy_into(&dst, libc::SIGKILL);
     let Some(_) = run_held(
-        "renameat2,rename,renameat",
+        RENAME,
         Held::Before(Duration::from_secs(3)),
         &src,
         &dst,
-        Duration::from_millis(1500),
         kill,
     ) else {
         return;
@@ -637,11 +623,10 @@ fn an_interrupted_run_does_not_publish_a_resumed_directory() {
     let full = fs::read(src.join("sub/big")).unwrap();
     fs::write(staged.join("big"), &full[..1 << 20]).unwrap();
     let Some(run) = run_held(
-        "copy_file_range,sendfile",
+        DATA_COPY,
         Held::Before(Duration::from_secs(3)),
         &src,
         &dst,
-        Duration::from_millis(1500),
         signal_treecopy_into(&dst, libc::SIGTERM),
     ) else {
         return;
@@ -685,11 +670,10 @@ fn a_directory_against_a_file_inside_a_merged_directory_fails_that_name_alone() 
         }
     };
     let Some(run) = run_held(
-        "renameat2,rename,renameat",
+        RENAME,
         Held::Before(Duration::from_secs(3)),
         &src,
         &dst,
-        Duration::from_millis(1500),
         theirs,
     ) else {
         return;
@@ -733,11 +717,10 @@ fn a_file_rewritten_with_its_mtime_put_back_is_changed_not_committed() {
     };
     let dst = tmp.path().join("dst");
     let Some(run) = run_held(
-        "copy_file_range,sendfile",
+        DATA_COPY,
         Held::After(Duration::from_secs(2)),
         &src,
         &dst,
-        Duration::from_secs(1),
         rewrite,
     ) else {
         return;
@@ -768,11 +751,10 @@ fn a_file_deleted_while_copied_is_vanished() {
     };
     let dst = tmp.path().join("dst");
     let Some(run) = run_held(
-        "copy_file_range,sendfile",
+        DATA_COPY,
         Held::After(Duration::from_secs(2)),
         &src,
         &dst,
-        Duration::from_secs(1),
         delete,
     ) else {
         return;

@@ -274,11 +274,7 @@ fn reflink_modes_on(mount: &Mount) {
 fn reflink_modes_on_xfs() {
     require_root!();
     let tmp = tempdir();
-    let m = skip_unless!(Mount::xfs_loop(
-        &tmp.path().join("x.img"),
-        &tmp.path().join("x"),
-        "300M"
-    ));
+    let m = skip_unless!(Mount::xfs_in(tmp.path(), "x", "300M"));
     reflink_modes_on(&m);
 }
 
@@ -962,11 +958,7 @@ fn modes_are_exact_in_new_directories_under_any_umask() {
 fn xfs_acl_aliases_are_neither_removed_nor_carried_across() {
     require_root!();
     let tmp = tempdir();
-    let m = skip_unless!(Mount::xfs_loop(
-        &tmp.path().join("x.img"),
-        &tmp.path().join("x"),
-        "300M"
-    ));
+    let m = skip_unless!(Mount::xfs_in(tmp.path(), "x", "300M"));
     let src = tmp.path().join("src");
     fs::create_dir_all(src.join("d")).unwrap();
     fs::write(src.join("f"), b"acl\n").unwrap();
@@ -1076,11 +1068,7 @@ fn a_file_capability_survives_an_owner_fix_in_place() {
 fn a_sparse_file_on_xfs_keeps_only_its_data() {
     require_root!();
     let tmp = tempdir();
-    let m = skip_unless!(Mount::xfs_loop(
-        &tmp.path().join("x.img"),
-        &tmp.path().join("x"),
-        "600M"
-    ));
+    let m = skip_unless!(Mount::xfs_in(tmp.path(), "x", "600M"));
     let src = tmp.path().join("src");
     fs::create_dir(&src).unwrap();
     let f = src.join("field");

@@ -833,6 +833,11 @@ impl Mount {
         })
     }
 
+    /// An XFS loop mount at `base`/`name`, its image beside it.
+    pub fn xfs_in(base: &Path, name: &str, size: &str) -> Result<Mount, String> {
+        Self::xfs_loop(&base.join(format!("{name}.img")), &base.join(name), size)
+    }
+
     /// Creates a sparse image `img` of `size` (e.g. "300M"), makes an XFS on it and loop-mounts it
     /// on `dir`. Err says why it is unavailable (no root, no mkfs.xfs, no loop devices...).
     pub fn xfs_loop(img: &Path, dir: &Path, size: &str) -> Result<Mount, String> {
